@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * ioctl interface of /dev/amdvi (amdvi_test.ko).
+ *
+ * Every ioctl returns 0 when the request reached the device and came back;
+ * the device's own answer (docs/protocol.md §2.1) is then in a `status`
+ * field, so a test can tell TRANSLATION_FAULT from OK.  A negative errno
+ * means the module refused the call or the transport failed.
+ *
+ * Oracle epoch: the module owns the epoch word.  At probe it allocates one
+ * page, stores 0 in its first 8 bytes and tells the daemon the word's GPA
+ * with ORACLE_EPOCH.  AMDVI_IOC_EPOCH reads, sets or adds to that word; every
+ * oracle finding records the value current when it was found.
+ */
+#ifndef AMDVI_UAPI_H
+#define AMDVI_UAPI_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define AMDVI_DEV_NAME		"amdvi"
+#define AMDVI_IOC_TYPE		'A'
+#define AMDVI_UAPI_MAX_EP	16
+
+/* notifier_mode: which mmu_notifier callbacks flush the IOMMU and ATCs */
+#define AMDVI_NOTIFIER_SECONDARY	(1U << 0)	/* arch_invalidate_secondary_tlbs / invalidate_range */
+#define AMDVI_NOTIFIER_START		(1U << 1)	/* invalidate_range_start */
+#define AMDVI_NOTIFIER_END		(1U << 2)	/* invalidate_range_end */
+
+/* features the module enabled (amdvi_ioc_info.features) */
+#define AMDVI_FEAT_SVA		(1U << 0)	/* GT + GCR3 usable: BIND works */
+#define AMDVI_FEAT_PPR		(1U << 1)	/* PPR log on: page requests answered */
+#define AMDVI_FEAT_EPH		(1U << 2)	/* DTE.PPR + EPHEn */
+#define AMDVI_FEAT_INV_ALL	(1U << 3)	/* INVALIDATE_IOMMU_ALL used */
+#define AMDVI_FEAT_ORACLE	(1U << 4)	/* INFO.flags bit 0 */
+
+struct amdvi_ioc_info {
+	__u64 efr;
+	__u32 num_endpoints;
+	__u32 dev_flags;		/* INFO.flags */
+	__u32 iotlb_entries;
+	__u32 pwc_entries;
+	__u32 dte_cache_entries;
+	__u32 atc_entries;
+	__u32 max_streams;
+	__u32 pri_timeout_ms;
+	__u16 endpoint_devid[AMDVI_UAPI_MAX_EP];
+	__u32 max_pasid;
+	__u32 guest_levels;		/* 4 or 5 */
+	__u32 features;			/* AMDVI_FEAT_* */
+	__u32 notifier_mode;		/* AMDVI_NOTIFIER_* mask in effect */
+	__u64 epoch_gpa;
+	char fault_rules[256];
+};
+
+/* BIND: the caller's mm to a new PASID on the endpoints in endpoint_mask */
+struct amdvi_ioc_bind {
+	__u32 endpoint_mask;		/* in: bit i = endpoint index i; 0 = all */
+	__u32 flags;			/* in: 0 */
+	__u32 pasid;			/* out */
+	__u32 reserved;
+};
+
+struct amdvi_ioc_unbind {
+	__u32 pasid;
+	__u32 flags;			/* 0 */
+};
+
+/* ACCESS: one ENDPOINT request (TRANSLATE, READ or WRITE) */
+#define AMDVI_OP_TRANSLATE	0
+#define AMDVI_OP_READ		1
+#define AMDVI_OP_WRITE		2
+
+#define AMDVI_ACC_PRIV		(1U << 0)
+#define AMDVI_ACC_EXEC		(1U << 1)
+#define AMDVI_ACC_NO_WRITE	(1U << 2)
+#define AMDVI_ACC_NO_PRI	(1U << 3)
+
+#define AMDVI_ACCESS_MAX	65536
+
+struct amdvi_ioc_access {
+	__u32 endpoint;			/* index into endpoint_devid */
+	__u32 pasid;
+	__u64 va;			/* device virtual address */
+	__u64 buf;			/* user buffer: READ destination, WRITE source */
+	__u32 len;			/* READ/WRITE 1..65536, TRANSLATE 0 */
+	__u8 op;			/* AMDVI_OP_* */
+	__u8 flags;			/* AMDVI_ACC_* */
+	__u16 reserved;
+	__u32 status;			/* out: device status */
+	__u32 page_requests;		/* out */
+	__u64 ats;			/* out: ATS completion entry */
+};
+
+/* STREAM_START / STREAM_STOP / STREAM_STATUS */
+struct amdvi_ioc_stream_start {
+	__u32 endpoint;
+	__u32 pasid;
+	__u64 va;
+	__u64 len;
+	__u32 stride;
+	__u8 read_weight;
+	__u8 write_weight;
+	__u8 translate_weight;
+	__u8 flags;			/* AMDVI_ACC_* */
+	__u32 rate;			/* accesses/s, 0 = unthrottled */
+	__u32 duration_ms;		/* 0 = until stopped */
+	__u64 write_value;
+	__u32 stream_id;		/* out */
+	__u32 status;			/* out */
+};
+
+struct amdvi_ioc_stream_counts {
+	__u64 reads;
+	__u64 writes;
+	__u64 translations;
+	__u64 faults;
+	__u64 page_requests;
+	__u64 atc_hits;
+	__u64 atc_misses;
+	__u64 errors;
+	__u64 elapsed_us;
+	__u32 running;
+	__u32 reserved;
+};
+
+struct amdvi_ioc_stream {
+	__u32 stream_id;		/* in */
+	__u32 status;			/* out: device status */
+	struct amdvi_ioc_stream_counts counts;	/* out */
+};
+
+/* ORACLE_READ / ORACLE_AUDIT */
+#define AMDVI_ORACLE_CLEAR	(1U << 0)	/* ORACLE_READ: clear after reading */
+#define AMDVI_ORACLE_RECORDS	64
+
+#define AMDVI_RULE_R1		1
+#define AMDVI_RULE_R2		2
+#define AMDVI_RULE_R3		3
+#define AMDVI_RULE_R4		4
+#define AMDVI_RULE_STALE	5
+
+struct amdvi_ioc_finding {
+	__u32 rule;
+	__u16 devid;
+	__u16 source;			/* 1 ATC, 2 IOTLB, 3 walk cache */
+	__u32 pasid;
+	__u32 write;
+	__u64 va;
+	__u64 cached_pa;
+	__u64 current_pte;
+	__u64 seq;
+	__u64 epoch;
+	__u64 reserved;
+};
+
+struct amdvi_ioc_oracle {
+	__u32 pasid;			/* AUDIT */
+	__u32 flags;			/* READ: AMDVI_ORACLE_CLEAR */
+	__u64 va;			/* AUDIT */
+	__u64 len;			/* AUDIT */
+	__u64 records;			/* user pointer to max_records findings, or 0 */
+	__u32 max_records;		/* <= AMDVI_ORACLE_RECORDS */
+	__u32 nrecords;			/* out */
+	__u32 status;			/* out */
+	__u32 reserved;
+	__u64 count[8];			/* out: R1 R2 R3 R4 STALE dropped 0 0 */
+};
+
+/* EPOCH: the oracle epoch word (see top of file) */
+#define AMDVI_EPOCH_GET		0
+#define AMDVI_EPOCH_SET		1
+#define AMDVI_EPOCH_ADD		2
+
+struct amdvi_ioc_epoch {
+	__u32 op;
+	__u32 reserved;
+	__u64 value;			/* in: SET/ADD operand; out: value now */
+};
+
+/* STATS: daemon counters (docs/protocol.md STATS order) + module counters */
+#define AMDVI_STATS_MAX		64
+
+enum amdvi_mod_counter {
+	AMDVI_MC_NOTIF_START,		/* invalidate_range_start calls */
+	AMDVI_MC_NOTIF_END,		/* invalidate_range_end calls */
+	AMDVI_MC_NOTIF_SECONDARY,	/* arch_invalidate_secondary_tlbs / invalidate_range */
+	AMDVI_MC_NOTIF_RELEASE,		/* release calls */
+	AMDVI_MC_FLUSH_RANGE,		/* range flushes sent (INV_IOMMU + INV_IOTLB + wait) */
+	AMDVI_MC_FLUSH_ALL,		/* whole-PASID flushes sent */
+	AMDVI_MC_CMD_BATCHES,		/* COMMANDS requests */
+	AMDVI_MC_CMDS,			/* AMD commands sent */
+	AMDVI_MC_COMP_WAITS,		/* COMPLETION_WAITs seen complete */
+	AMDVI_MC_COMP_WAIT_TIMEOUTS,
+	AMDVI_MC_CMD_ERRORS,		/* COMMANDS answered with an error */
+	AMDVI_MC_PPR_ENTRIES,		/* PPR log entries received */
+	AMDVI_MC_PPR_GROUPS,		/* page request groups answered */
+	AMDVI_MC_PPR_SUCCESS,
+	AMDVI_MC_PPR_INVALID,
+	AMDVI_MC_PPR_STOP_MARKERS,
+	AMDVI_MC_PPR_DROPPED,		/* dropped entries reported by the device */
+	AMDVI_MC_EVENTS,		/* event-log entries received */
+	AMDVI_MC_EVENTS_DROPPED,	/* dropped entries reported by the device */
+	AMDVI_MC_BINDS,
+	AMDVI_MC_UNBINDS,
+	AMDVI_MC_BONDS_ACTIVE,		/* gauge */
+	AMDVI_MC_STREAMS_ACTIVE,	/* gauge */
+	AMDVI_MC_REQ_TIMEOUTS,		/* requests abandoned by a waiter */
+	AMDVI_MC_EVENT_TYPE0,		/* + event code (0..15): events by type */
+	AMDVI_MC_NR = AMDVI_MC_EVENT_TYPE0 + 16,
+};
+
+struct amdvi_ioc_stats {
+	__u32 ndev;			/* out: daemon counters returned */
+	__u32 nmod;			/* out: module counters returned */
+	__u32 status;			/* out: status of the STATS request */
+	__u32 reserved;
+	__u64 dev[AMDVI_STATS_MAX];
+	__u64 mod[AMDVI_STATS_MAX];
+};
+
+/* ioctl numbers: type letter 'A', numbers from 0x10 (1 and 2 are unusable) */
+#define AMDVI_IOC_INFO		_IOR(AMDVI_IOC_TYPE, 0x10, struct amdvi_ioc_info)
+#define AMDVI_IOC_BIND		_IOWR(AMDVI_IOC_TYPE, 0x11, struct amdvi_ioc_bind)
+#define AMDVI_IOC_UNBIND	_IOW(AMDVI_IOC_TYPE, 0x12, struct amdvi_ioc_unbind)
+#define AMDVI_IOC_ACCESS	_IOWR(AMDVI_IOC_TYPE, 0x13, struct amdvi_ioc_access)
+#define AMDVI_IOC_STREAM_START	_IOWR(AMDVI_IOC_TYPE, 0x14, struct amdvi_ioc_stream_start)
+#define AMDVI_IOC_STREAM_STOP	_IOWR(AMDVI_IOC_TYPE, 0x15, struct amdvi_ioc_stream)
+#define AMDVI_IOC_STREAM_STATUS	_IOWR(AMDVI_IOC_TYPE, 0x16, struct amdvi_ioc_stream)
+#define AMDVI_IOC_ORACLE_READ	_IOWR(AMDVI_IOC_TYPE, 0x17, struct amdvi_ioc_oracle)
+#define AMDVI_IOC_ORACLE_AUDIT	_IOWR(AMDVI_IOC_TYPE, 0x18, struct amdvi_ioc_oracle)
+#define AMDVI_IOC_EPOCH		_IOWR(AMDVI_IOC_TYPE, 0x19, struct amdvi_ioc_epoch)
+#define AMDVI_IOC_STATS		_IOR(AMDVI_IOC_TYPE, 0x1a, struct amdvi_ioc_stats)
+
+#endif /* AMDVI_UAPI_H */

@@ -1,0 +1,633 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * amdvi_test: /dev/amdvi, the ioctl interface of amdvi_uapi.h.
+ *
+ * Each open file owns the bonds (PASIDs) it created and the streams it
+ * started; closing the file unbinds and stops them.
+ */
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/sched.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+
+#include "amdvi.h"
+
+struct amdvi_file {
+	struct amdvi_dev *ad;
+	struct mutex lock;		/* bonds */
+	struct list_head bonds;
+};
+
+struct amdvi_file_bond {
+	struct list_head node;
+	struct amdvi_bond *bond;
+};
+
+struct amdvi_stream {
+	struct list_head node;
+	u32 id;
+	u32 pasid;
+	struct amdvi_file *owner;
+};
+
+static struct amdvi_dev *amdvi_misc_dev(struct file *filp)
+{
+	struct miscdevice *misc = filp->private_data;
+
+	return container_of(misc, struct amdvi_dev, misc);
+}
+
+static int amdvi_open(struct inode *inode, struct file *filp)
+{
+	struct amdvi_dev *ad = amdvi_misc_dev(filp);
+	struct amdvi_file *af;
+
+	af = kzalloc(sizeof(*af), GFP_KERNEL);
+	if (!af)
+		return -ENOMEM;
+	amdvi_dev_get(ad);
+	af->ad = ad;
+	mutex_init(&af->lock);
+	INIT_LIST_HEAD(&af->bonds);
+	filp->private_data = af;
+	return 0;
+}
+
+/* ---- streams ---- */
+
+static int amdvi_stream_stop_req(struct amdvi_dev *ad, u32 id, bool report,
+				 struct amdvi_ioc_stream_counts *counts,
+				 u32 *status)
+{
+	struct amdvi_stream_counts *sc;
+	struct amdvi_stream_stop *ss;
+	struct amdvi_req *req;
+	int ret;
+
+	req = amdvi_req_alloc(AMDVI_REQ_STREAM_STOP, sizeof(*ss), sizeof(*sc),
+			      0, false, GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	ss = req->body;
+	ss->stream_id = cpu_to_le32(id);
+	ss->flags = cpu_to_le32(report ? AMDVI_STREAM_STOP_F_REPORT : 0);
+	ret = amdvi_request(ad, req, false);
+	if (ret == AMDVI_S_OK)
+		ret = amdvi_req_status(req, sizeof(*sc));
+	if (ret >= 0) {
+		if (status)
+			*status = ret;
+		if (ret == AMDVI_S_OK && counts) {
+			sc = req->rbody;
+			counts->reads = le64_to_cpu(sc->reads);
+			counts->writes = le64_to_cpu(sc->writes);
+			counts->translations = le64_to_cpu(sc->translations);
+			counts->faults = le64_to_cpu(sc->faults);
+			counts->page_requests = le64_to_cpu(sc->page_requests);
+			counts->atc_hits = le64_to_cpu(sc->atc_hits);
+			counts->atc_misses = le64_to_cpu(sc->atc_misses);
+			counts->errors = le64_to_cpu(sc->errors);
+			counts->elapsed_us = le64_to_cpu(sc->elapsed_us);
+			counts->running = le32_to_cpu(sc->running);
+		}
+		ret = 0;
+	}
+	amdvi_req_put(req);
+	return ret;
+}
+
+static void amdvi_stream_forget(struct amdvi_dev *ad, struct amdvi_stream *st)
+{
+	list_del(&st->node);
+	atomic64_dec(&ad->ctr[AMDVI_MC_STREAMS_ACTIVE]);
+}
+
+/* Stop (release) every stream on @pasid; used by the PASID teardown. */
+void amdvi_stream_stop_pasid(struct amdvi_dev *ad, u32 pasid)
+{
+	struct amdvi_stream *st, *tmp;
+	LIST_HEAD(stop);
+
+	mutex_lock(&ad->stream_lock);
+	list_for_each_entry_safe(st, tmp, &ad->streams, node) {
+		if (st->pasid == pasid) {
+			amdvi_stream_forget(ad, st);
+			list_add(&st->node, &stop);
+		}
+	}
+	mutex_unlock(&ad->stream_lock);
+	list_for_each_entry_safe(st, tmp, &stop, node) {
+		amdvi_stream_stop_req(ad, st->id, false, NULL, NULL);
+		kfree(st);
+	}
+}
+
+static void amdvi_stream_stop_owner(struct amdvi_dev *ad,
+				    struct amdvi_file *af)
+{
+	struct amdvi_stream *st, *tmp;
+	LIST_HEAD(stop);
+
+	mutex_lock(&ad->stream_lock);
+	list_for_each_entry_safe(st, tmp, &ad->streams, node) {
+		if (st->owner == af) {
+			amdvi_stream_forget(ad, st);
+			list_add(&st->node, &stop);
+		}
+	}
+	mutex_unlock(&ad->stream_lock);
+	list_for_each_entry_safe(st, tmp, &stop, node) {
+		amdvi_stream_stop_req(ad, st->id, false, NULL, NULL);
+		kfree(st);
+	}
+}
+
+static int amdvi_ioc_stream_start(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_dev *ad = af->ad;
+	struct amdvi_ioc_stream_start u;
+	struct amdvi_stream_start *ss;
+	struct amdvi_stream *st;
+	struct amdvi_req *req;
+	int ret;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	if (u.endpoint >= ad->num_ep || u.flags & ~AMDVI_EP_F_MASK)
+		return -EINVAL;
+	st = kzalloc(sizeof(*st), GFP_KERNEL);
+	req = amdvi_req_alloc(AMDVI_REQ_STREAM_START, sizeof(*ss),
+			      sizeof(struct amdvi_stream_start_resp), 0, false,
+			      GFP_KERNEL);
+	if (!st || !req) {
+		kfree(st);
+		if (req)
+			amdvi_req_put(req);
+		return -ENOMEM;
+	}
+	ss = req->body;
+	ss->devid = cpu_to_le16(ad->ep[u.endpoint].devid);
+	ss->flags = u.flags;
+	ss->pasid = cpu_to_le32(u.pasid);
+	ss->va = cpu_to_le64(u.va);
+	ss->len = cpu_to_le64(u.len);
+	ss->stride = cpu_to_le32(u.stride);
+	ss->read_weight = u.read_weight;
+	ss->write_weight = u.write_weight;
+	ss->translate_weight = u.translate_weight;
+	ss->rate = cpu_to_le32(u.rate);
+	ss->duration_ms = cpu_to_le32(u.duration_ms);
+	ss->write_value = cpu_to_le64(u.write_value);
+
+	ret = amdvi_request(ad, req, true);
+	if (ret == AMDVI_S_OK)
+		ret = amdvi_req_status(req,
+				       sizeof(struct amdvi_stream_start_resp));
+	if (ret < 0)
+		goto out;
+	u.status = ret;
+	u.stream_id = 0;
+	if (ret == AMDVI_S_OK) {
+		struct amdvi_stream_start_resp *r = req->rbody;
+
+		u.stream_id = le32_to_cpu(r->stream_id);
+		st->id = u.stream_id;
+		st->pasid = u.pasid;
+		st->owner = af;
+		mutex_lock(&ad->stream_lock);
+		list_add_tail(&st->node, &ad->streams);
+		mutex_unlock(&ad->stream_lock);
+		atomic64_inc(&ad->ctr[AMDVI_MC_STREAMS_ACTIVE]);
+		st = NULL;
+	}
+	ret = copy_to_user(arg, &u, sizeof(u)) ? -EFAULT : 0;
+out:
+	kfree(st);
+	amdvi_req_put(req);
+	return ret;
+}
+
+static int amdvi_ioc_stream(struct amdvi_file *af, void __user *arg,
+			    bool stop)
+{
+	struct amdvi_dev *ad = af->ad;
+	struct amdvi_stream *st, *found = NULL;
+	struct amdvi_ioc_stream u;
+	int ret;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	memset(&u.counts, 0, sizeof(u.counts));
+	if (stop) {
+		mutex_lock(&ad->stream_lock);
+		list_for_each_entry(st, &ad->streams, node) {
+			if (st->id == u.stream_id) {
+				amdvi_stream_forget(ad, st);
+				found = st;
+				break;
+			}
+		}
+		mutex_unlock(&ad->stream_lock);
+		kfree(found);
+	}
+	ret = amdvi_stream_stop_req(ad, u.stream_id, !stop, &u.counts,
+				    &u.status);
+	if (ret)
+		return ret;
+	return copy_to_user(arg, &u, sizeof(u)) ? -EFAULT : 0;
+}
+
+/* ---- endpoint accesses ---- */
+
+static int amdvi_ioc_access(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_dev *ad = af->ad;
+	struct amdvi_endpoint_resp *er;
+	struct amdvi_ioc_access u;
+	struct amdvi_endpoint *ep;
+	struct amdvi_req *req;
+	void __user *ubuf;
+	int ret;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	if (u.endpoint >= ad->num_ep || u.flags & ~AMDVI_EP_F_MASK)
+		return -EINVAL;
+	switch (u.op) {
+	case AMDVI_OP_TRANSLATE:
+		if (u.len)
+			return -EINVAL;
+		break;
+	case AMDVI_OP_READ:
+	case AMDVI_OP_WRITE:
+		if (!u.len || u.len > AMDVI_ACCESS_MAX)
+			return -EINVAL;
+		break;
+	default:
+		return -EINVAL;
+	}
+	ubuf = u64_to_user_ptr(u.buf);
+	req = amdvi_req_alloc(AMDVI_REQ_ENDPOINT, sizeof(*ep), sizeof(*er),
+			      u.len, u.op == AMDVI_OP_READ, GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	if (u.op == AMDVI_OP_WRITE && copy_from_user(req->data, ubuf, u.len)) {
+		ret = -EFAULT;
+		goto out;
+	}
+	ep = req->body;
+	ep->devid = cpu_to_le16(ad->ep[u.endpoint].devid);
+	ep->op = u.op;
+	ep->flags = u.flags;
+	ep->pasid = cpu_to_le32(u.pasid);
+	ep->va = cpu_to_le64(u.va);
+	ep->len = cpu_to_le32(u.len);
+
+	ret = amdvi_request(ad, req, true);
+	if (ret == AMDVI_S_OK)
+		ret = amdvi_req_status(req, sizeof(*er) +
+				       (u.op == AMDVI_OP_READ ? u.len : 0));
+	if (ret < 0)
+		goto out;
+	u.status = ret;
+	er = req->rbody;
+	u.ats = le64_to_cpu(er->ats);
+	u.page_requests = le32_to_cpu(er->page_requests);
+	ret = 0;
+	if (u.status == AMDVI_S_OK && u.op == AMDVI_OP_READ &&
+	    copy_to_user(ubuf, req->data, u.len))
+		ret = -EFAULT;
+	if (!ret && copy_to_user(arg, &u, sizeof(u)))
+		ret = -EFAULT;
+out:
+	amdvi_req_put(req);
+	return ret;
+}
+
+/* ---- oracle ---- */
+
+static int amdvi_ioc_oracle(struct amdvi_file *af, void __user *arg,
+			    bool audit)
+{
+	struct amdvi_dev *ad = af->ad;
+	struct amdvi_oracle_resp *resp;
+	struct amdvi_ioc_oracle u;
+	struct amdvi_req *req;
+	struct amdvi_finding *f;
+	size_t rlen;
+	u32 i, n;
+	int ret;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	if (u.max_records > AMDVI_ORACLE_MAX_RECORDS)
+		return -EINVAL;
+	if (!u.records)
+		u.max_records = 0;
+	rlen = sizeof(*resp) + (size_t)u.max_records * sizeof(*f);
+	if (audit) {
+		struct amdvi_oracle_audit *oa;
+
+		req = amdvi_req_alloc(AMDVI_REQ_ORACLE_AUDIT, sizeof(*oa), rlen,
+				      0, false, GFP_KERNEL);
+		if (!req)
+			return -ENOMEM;
+		oa = req->body;
+		oa->pasid = cpu_to_le32(u.pasid);
+		oa->max_records = cpu_to_le32(u.max_records);
+		oa->va = cpu_to_le64(u.va);
+		oa->len = cpu_to_le64(u.len);
+	} else {
+		struct amdvi_oracle_read *orr;
+
+		if (u.flags & ~AMDVI_ORACLE_CLEAR)
+			return -EINVAL;
+		req = amdvi_req_alloc(AMDVI_REQ_ORACLE_READ, sizeof(*orr), rlen,
+				      0, false, GFP_KERNEL);
+		if (!req)
+			return -ENOMEM;
+		orr = req->body;
+		orr->max_records = cpu_to_le32(u.max_records);
+		orr->flags = cpu_to_le32(u.flags & AMDVI_ORACLE_CLEAR);
+	}
+	ret = amdvi_request(ad, req, true);
+	if (ret == AMDVI_S_OK)
+		ret = amdvi_req_status(req, sizeof(*resp));
+	if (ret < 0)
+		goto out;
+	u.status = ret;
+	u.nrecords = 0;
+	memset(u.count, 0, sizeof(u.count));
+	if (u.status == AMDVI_S_OK) {
+		resp = req->rbody;
+		for (i = 0; i < AMDVI_ORC_NR; i++)
+			u.count[i] = le64_to_cpu(resp->count[i]);
+		n = min(le32_to_cpu(resp->nrecords), u.max_records);
+		/* only whole records the device actually wrote */
+		n = min_t(u32, n, (req->used - sizeof(req->resp) -
+				   sizeof(*resp)) / sizeof(*f));
+		f = (struct amdvi_finding *)(resp + 1);
+		for (i = 0; i < n; i++, f++) {
+			struct amdvi_ioc_finding uf = {
+				.rule = le32_to_cpu(f->rule),
+				.devid = le16_to_cpu(f->devid),
+				.source = le16_to_cpu(f->source),
+				.pasid = le32_to_cpu(f->pasid),
+				.write = le32_to_cpu(f->write),
+				.va = le64_to_cpu(f->va),
+				.cached_pa = le64_to_cpu(f->cached_pa),
+				.current_pte = le64_to_cpu(f->current_pte),
+				.seq = le64_to_cpu(f->seq),
+				.epoch = le64_to_cpu(f->epoch),
+			};
+
+			if (copy_to_user(u64_to_user_ptr(u.records) +
+					 i * sizeof(uf), &uf, sizeof(uf))) {
+				ret = -EFAULT;
+				goto out;
+			}
+		}
+		u.nrecords = n;
+	}
+	ret = copy_to_user(arg, &u, sizeof(u)) ? -EFAULT : 0;
+out:
+	amdvi_req_put(req);
+	return ret;
+}
+
+static int amdvi_ioc_epoch(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_dev *ad = af->ad;
+	struct amdvi_ioc_epoch u;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	switch (u.op) {
+	case AMDVI_EPOCH_GET:
+		break;
+	case AMDVI_EPOCH_SET:
+		WRITE_ONCE(*ad->epoch, u.value);
+		break;
+	case AMDVI_EPOCH_ADD:
+		/* single writer convention; atomic for safety */
+		atomic64_add(u.value, (atomic64_t *)ad->epoch);
+		break;
+	default:
+		return -EINVAL;
+	}
+	u.value = READ_ONCE(*ad->epoch);
+	return copy_to_user(arg, &u, sizeof(u)) ? -EFAULT : 0;
+}
+
+static int amdvi_ioc_stats(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_dev *ad = af->ad;
+	struct amdvi_ioc_stats *u;
+	struct amdvi_stats *st;
+	struct amdvi_req *req;
+	__le64 *ctr;
+	u32 i, n;
+	int ret;
+
+	u = kzalloc(sizeof(*u), GFP_KERNEL);
+	req = amdvi_req_alloc(AMDVI_REQ_STATS, 0,
+			      sizeof(*st) + AMDVI_STATS_MAX * sizeof(u64), 0,
+			      false, GFP_KERNEL);
+	if (!u || !req) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	ret = amdvi_request(ad, req, true);
+	if (ret == AMDVI_S_OK)
+		ret = amdvi_req_status(req, sizeof(*st));
+	if (ret < 0)
+		goto out;
+	u->status = ret;
+	if (ret == AMDVI_S_OK) {
+		st = req->rbody;
+		n = min_t(u32, le32_to_cpu(st->count), AMDVI_STATS_MAX);
+		n = min_t(u32, n, (req->used - sizeof(req->resp) -
+				   sizeof(*st)) / sizeof(u64));
+		ctr = (__le64 *)(st + 1);
+		for (i = 0; i < n; i++)
+			u->dev[i] = le64_to_cpu(ctr[i]);
+		u->ndev = n;
+	}
+	for (i = 0; i < AMDVI_MC_NR; i++)
+		u->mod[i] = atomic64_read(&ad->ctr[i]);
+	u->nmod = AMDVI_MC_NR;
+	ret = copy_to_user(arg, u, sizeof(*u)) ? -EFAULT : 0;
+out:
+	if (req)
+		amdvi_req_put(req);
+	kfree(u);
+	return ret;
+}
+
+static int amdvi_ioc_info(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_dev *ad = af->ad;
+	struct amdvi_ioc_info *u;
+	unsigned int i;
+	int ret;
+
+	u = kzalloc(sizeof(*u), GFP_KERNEL);
+	if (!u)
+		return -ENOMEM;
+	u->efr = ad->efr;
+	u->num_endpoints = ad->num_ep;
+	u->dev_flags = le32_to_cpu(ad->info.flags);
+	u->iotlb_entries = le32_to_cpu(ad->info.iotlb_entries);
+	u->pwc_entries = le32_to_cpu(ad->info.pwc_entries);
+	u->dte_cache_entries = le32_to_cpu(ad->info.dte_cache_entries);
+	u->atc_entries = le32_to_cpu(ad->info.atc_entries);
+	u->max_streams = le32_to_cpu(ad->info.max_streams);
+	u->pri_timeout_ms = le32_to_cpu(ad->info.pri_timeout_ms);
+	for (i = 0; i < AMDVI_UAPI_MAX_EP; i++)
+		u->endpoint_devid[i] = i < ad->num_ep ? ad->ep[i].devid :
+							AMDVI_DEVID_NONE;
+	u->max_pasid = ad->max_pasid;
+	u->guest_levels = ad->five_level ? 5 : 4;
+	u->features = (ad->sva_ok ? AMDVI_FEAT_SVA : 0) |
+		      (ad->ppr_ok ? AMDVI_FEAT_PPR : 0) |
+		      (ad->eph ? AMDVI_FEAT_EPH : 0) |
+		      ((ad->efr & EFR_IA_SUP) ? AMDVI_FEAT_INV_ALL : 0) |
+		      ((u->dev_flags & AMDVI_INFO_F_ORACLE) ?
+		       AMDVI_FEAT_ORACLE : 0);
+	u->notifier_mode = amdvi_notifier_mask;
+	u->epoch_gpa = virt_to_phys(ad->epoch);
+	memcpy(u->fault_rules, ad->info.fault_rules, sizeof(u->fault_rules));
+	u->fault_rules[sizeof(u->fault_rules) - 1] = '\0';
+	ret = copy_to_user(arg, u, sizeof(*u)) ? -EFAULT : 0;
+	kfree(u);
+	return ret;
+}
+
+/* ---- bind / unbind ---- */
+
+static int amdvi_ioc_bind(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_ioc_bind u;
+	struct amdvi_file_bond *fb;
+	struct amdvi_bond *bond;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	if (u.flags)
+		return -EINVAL;
+	fb = kzalloc(sizeof(*fb), GFP_KERNEL);
+	if (!fb)
+		return -ENOMEM;
+	bond = amdvi_bind(af->ad, current->mm, u.endpoint_mask);
+	if (IS_ERR(bond)) {
+		kfree(fb);
+		return PTR_ERR(bond);
+	}
+	fb->bond = bond;
+	mutex_lock(&af->lock);
+	list_add_tail(&fb->node, &af->bonds);
+	mutex_unlock(&af->lock);
+	u.pasid = amdvi_bond_pasid(bond);
+	if (copy_to_user(arg, &u, sizeof(u)))
+		return -EFAULT;		/* stays bound until close */
+	return 0;
+}
+
+static int amdvi_ioc_unbind(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_file_bond *fb, *found = NULL;
+	struct amdvi_ioc_unbind u;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	mutex_lock(&af->lock);
+	list_for_each_entry(fb, &af->bonds, node) {
+		if (amdvi_bond_pasid(fb->bond) == u.pasid) {
+			list_del(&fb->node);
+			found = fb;
+			break;
+		}
+	}
+	mutex_unlock(&af->lock);
+	if (!found)
+		return -ENOENT;
+	amdvi_unbind(found->bond);
+	kfree(found);
+	return 0;
+}
+
+static long amdvi_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	struct amdvi_file *af = filp->private_data;
+	void __user *uarg = (void __user *)arg;
+
+	if (READ_ONCE(af->ad->dead))
+		return -ENODEV;
+	switch (cmd) {
+	case AMDVI_IOC_INFO:
+		return amdvi_ioc_info(af, uarg);
+	case AMDVI_IOC_BIND:
+		return amdvi_ioc_bind(af, uarg);
+	case AMDVI_IOC_UNBIND:
+		return amdvi_ioc_unbind(af, uarg);
+	case AMDVI_IOC_ACCESS:
+		return amdvi_ioc_access(af, uarg);
+	case AMDVI_IOC_STREAM_START:
+		return amdvi_ioc_stream_start(af, uarg);
+	case AMDVI_IOC_STREAM_STOP:
+		return amdvi_ioc_stream(af, uarg, true);
+	case AMDVI_IOC_STREAM_STATUS:
+		return amdvi_ioc_stream(af, uarg, false);
+	case AMDVI_IOC_ORACLE_READ:
+		return amdvi_ioc_oracle(af, uarg, false);
+	case AMDVI_IOC_ORACLE_AUDIT:
+		return amdvi_ioc_oracle(af, uarg, true);
+	case AMDVI_IOC_EPOCH:
+		return amdvi_ioc_epoch(af, uarg);
+	case AMDVI_IOC_STATS:
+		return amdvi_ioc_stats(af, uarg);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static int amdvi_release(struct inode *inode, struct file *filp)
+{
+	struct amdvi_file *af = filp->private_data;
+	struct amdvi_dev *ad = af->ad;
+	struct amdvi_file_bond *fb, *tmp;
+
+	amdvi_stream_stop_owner(ad, af);
+	list_for_each_entry_safe(fb, tmp, &af->bonds, node) {
+		list_del(&fb->node);
+		amdvi_unbind(fb->bond);
+		kfree(fb);
+	}
+	kfree(af);
+	amdvi_dev_put(ad);
+	return 0;
+}
+
+static const struct file_operations amdvi_fops = {
+	.owner		= THIS_MODULE,
+	.open		= amdvi_open,
+	.release	= amdvi_release,
+	.unlocked_ioctl	= amdvi_ioctl,
+	.compat_ioctl	= compat_ptr_ioctl,
+	.llseek		= noop_llseek,
+};
+
+int amdvi_chrdev_register(struct amdvi_dev *ad)
+{
+	ad->misc.minor = MISC_DYNAMIC_MINOR;
+	ad->misc.name = AMDVI_DEV_NAME;
+	ad->misc.fops = &amdvi_fops;
+	ad->misc.mode = 0600;
+	return misc_register(&ad->misc);
+}
+
+void amdvi_chrdev_unregister(struct amdvi_dev *ad)
+{
+	misc_deregister(&ad->misc);
+}
