@@ -1,0 +1,574 @@
+//! PCIe ATS on the endpoint side (§8): translation completions, the device's
+//! ATC, the in-flight tracking that makes an ATC invalidation wait for the
+//! accesses still using it, and PRI page-request state.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use rustc_hash::FxHashMap;
+
+use crate::srange::SRange;
+
+/// An ATS translation completion entry (§8.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AtsCompletion {
+    pub r: bool,
+    pub w: bool,
+    /// Untranslated-only.
+    pub u: bool,
+    pub exe: bool,
+    pub privileged: bool,
+    pub global: bool,
+    /// Translated (physical) base of the range.
+    pub pa_base: u64,
+    /// 12 for 4 KiB; larger ranges use the S encoding.
+    pub size_log2: u8,
+}
+
+impl AtsCompletion {
+    /// R=W=0: the translation failed; the device may use PRI.
+    pub fn fault(size_log2: u8) -> Self {
+        AtsCompletion {
+            size_log2,
+            ..Default::default()
+        }
+    }
+
+    pub fn is_fault(&self) -> bool {
+        !self.r && !self.w
+    }
+
+    pub fn allows(&self, write: bool) -> bool {
+        if write {
+            self.w
+        } else {
+            self.r
+        }
+    }
+
+    /// Bits: 0 R, 1 W, 2 U, 3 Exe, 4 Priv, 5 Global, 11 S, 63:12 address.
+    pub fn encode(&self) -> u64 {
+        let (addr, s) = SRange::aligned(self.pa_base, self.size_log2).encode();
+        let flags = u64::from(self.r)
+            | u64::from(self.w) << 1
+            | u64::from(self.u) << 2
+            | u64::from(self.exe) << 3
+            | u64::from(self.privileged) << 4
+            | u64::from(self.global) << 5
+            | u64::from(s) << 11;
+        if self.is_fault() {
+            flags & !(1 << 11)
+        } else {
+            (addr & !0xfff) | flags
+        }
+    }
+
+    pub fn decode(v: u64) -> Self {
+        let r = SRange::decode(v & !0xfff, v & (1 << 11) != 0);
+        AtsCompletion {
+            r: v & 1 != 0,
+            w: v & 2 != 0,
+            u: v & 4 != 0,
+            exe: v & 8 != 0,
+            privileged: v & 16 != 0,
+            global: v & 32 != 0,
+            pa_base: r.base,
+            size_log2: r.size_log2().min(63),
+        }
+    }
+}
+
+/// A completion cached by the device, with the untranslated base it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtcEntry {
+    pub pasid: u32,
+    pub va_base: u64,
+    pub completion: AtsCompletion,
+}
+
+impl AtcEntry {
+    pub fn pa(&self, va: u64) -> u64 {
+        self.completion.pa_base | (va & ((1u64 << self.completion.size_log2) - 1))
+    }
+}
+
+const SIZES: [u8; 3] = [12, 21, 30];
+
+/// The device's address translation cache: bounded, FIFO replacement, one
+/// map per range size keyed by (PASID, page number).
+#[derive(Debug)]
+pub struct Atc {
+    capacity: usize,
+    maps: [FxHashMap<(u32, u64), AtcEntry>; 3],
+    fifo: VecDeque<(u32, u8, u64)>,
+}
+
+impl Atc {
+    pub fn new(capacity: usize) -> Self {
+        Atc {
+            capacity,
+            maps: Default::default(),
+            fifo: VecDeque::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.maps.iter().map(|m| m.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn lookup(&self, pasid: u32, va: u64) -> Option<AtcEntry> {
+        SIZES
+            .iter()
+            .zip(&self.maps)
+            .find_map(|(s, m)| m.get(&(pasid, va >> s)).copied())
+    }
+
+    /// Store a successful completion. Completions larger than 1 GiB are
+    /// cached as 1 GiB (the device may cache less than it was given).
+    pub fn insert(&mut self, pasid: u32, va: u64, c: AtsCompletion) {
+        if self.capacity == 0 || c.is_fault() {
+            return;
+        }
+        let i = SIZES.iter().rposition(|&s| s <= c.size_log2).unwrap_or(0);
+        let s = SIZES[i];
+        let completion = AtsCompletion {
+            pa_base: c.pa_base | (va & ((1u64 << c.size_log2) - 1) & !((1u64 << s) - 1)),
+            size_log2: s,
+            ..c
+        };
+        let e = AtcEntry {
+            pasid,
+            va_base: va & !((1u64 << s) - 1),
+            completion,
+        };
+        if self.maps[i].insert((pasid, va >> s), e).is_none() {
+            self.fifo.push_back((pasid, s, va >> s));
+        }
+        while self.len() > self.capacity {
+            let Some((p, s, pn)) = self.fifo.pop_front() else {
+                break;
+            };
+            let idx = SIZES.iter().position(|&x| x == s).unwrap();
+            self.maps[idx].remove(&(p, pn));
+        }
+        if self.fifo.len() > 4 * self.capacity.max(16) {
+            let maps = &self.maps;
+            self.fifo.retain(|(p, s, pn)| {
+                maps[SIZES.iter().position(|x| x == s).unwrap()].contains_key(&(*p, *pn))
+            });
+        }
+    }
+
+    /// An ATS Invalidate Request: `pasid` None invalidates every PASID's
+    /// entries in the range (no PASID prefix).
+    pub fn invalidate(&mut self, pasid: Option<u32>, range: &SRange) -> usize {
+        let mut removed = 0;
+        for (i, map) in self.maps.iter_mut().enumerate() {
+            let s = SIZES[i];
+            let (first, last) = (range.base >> s, range.last() >> s);
+            match pasid {
+                Some(p) if last - first < map.len() as u64 => {
+                    for pn in first..=last {
+                        removed += usize::from(map.remove(&(p, pn)).is_some());
+                    }
+                }
+                _ => {
+                    let before = map.len();
+                    map.retain(|(ep, pn), _| {
+                        !(pasid.is_none_or(|p| p == *ep) && (first..=last).contains(pn))
+                    });
+                    removed += before - map.len();
+                }
+            }
+        }
+        removed
+    }
+
+    pub fn clear(&mut self) {
+        self.maps.iter_mut().for_each(|m| m.clear());
+        self.fifo.clear();
+    }
+
+    /// Entries of `pasid` overlapping `[va, va+len)`.
+    pub fn entries(&self, pasid: u32, va: u64, len: u64) -> Vec<AtcEntry> {
+        let last = va.saturating_add(len.max(1) - 1);
+        self.maps
+            .iter()
+            .flat_map(|m| m.values())
+            .filter(|e| {
+                e.pasid == pasid
+                    && e.va_base <= last
+                    && va <= e.va_base + ((1u64 << e.completion.size_log2) - 1)
+            })
+            .copied()
+            .collect()
+    }
+}
+
+/// ATC contents plus the invalidation epoch and generation.
+#[derive(Debug)]
+pub struct AtcState {
+    pub atc: Atc,
+    /// Which in-flight counter new accesses join.
+    epoch: usize,
+    /// Bumped by every invalidation: a completion obtained before it is not cached.
+    pub gen: u64,
+}
+
+/// In-flight accounting in the style of SRCU: an access joins the current
+/// epoch while it looks up the ATC; an invalidation removes entries, flips the
+/// epoch and waits for the old epoch to drain, so it completes only after
+/// every access that could be using a removed entry has finished.
+#[derive(Debug)]
+pub struct AtcGate {
+    pub state: Mutex<AtcState>,
+    inflight: [AtomicU64; 2],
+    inv_lock: Mutex<()>,
+}
+
+/// Held for the duration of one access.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    gate: &'a AtcGate,
+    idx: usize,
+    /// ATC generation when the access started.
+    pub gen: u64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gate.inflight[self.idx].fetch_sub(1, Ordering::Release);
+    }
+}
+
+impl AtcGate {
+    pub fn new(capacity: usize) -> Self {
+        AtcGate {
+            state: Mutex::new(AtcState {
+                atc: Atc::new(capacity),
+                epoch: 0,
+                gen: 0,
+            }),
+            inflight: [AtomicU64::new(0), AtomicU64::new(0)],
+            inv_lock: Mutex::new(()),
+        }
+    }
+
+    /// Start an access: look up the ATC and join the in-flight set atomically.
+    pub fn begin(&self, pasid: u32, va: u64) -> (InFlight<'_>, Option<AtcEntry>) {
+        let st = self.state.lock().unwrap();
+        let hit = st.atc.lookup(pasid, va);
+        self.inflight[st.epoch].fetch_add(1, Ordering::AcqRel);
+        (
+            InFlight {
+                gate: self,
+                idx: st.epoch,
+                gen: st.gen,
+            },
+            hit,
+        )
+    }
+
+    /// Cache a completion unless an invalidation happened since `since`.
+    pub fn fill(&self, since: u64, pasid: u32, va: u64, c: AtsCompletion) -> bool {
+        let mut st = self.state.lock().unwrap();
+        if st.gen != since {
+            return false;
+        }
+        st.atc.insert(pasid, va, c);
+        true
+    }
+
+    /// Remove matching entries and wait for the accesses that may use them.
+    /// Returns the number removed, or `None` when the wait timed out.
+    pub fn invalidate(
+        &self,
+        pasid: Option<u32>,
+        range: &SRange,
+        timeout: std::time::Duration,
+    ) -> Option<usize> {
+        let _serial = self.inv_lock.lock().unwrap();
+        let (removed, old) = {
+            let mut st = self.state.lock().unwrap();
+            let n = st.atc.invalidate(pasid, range);
+            st.gen += 1;
+            let old = st.epoch;
+            st.epoch ^= 1;
+            (n, old)
+        };
+        self.wait_drained(old, timeout).then_some(removed)
+    }
+
+    fn wait_drained(&self, idx: usize, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut spins = 0u32;
+        while self.inflight[idx].load(Ordering::Acquire) != 0 {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else if spins < 256 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(20));
+            }
+        }
+        true
+    }
+
+    pub fn clear(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.atc.clear();
+        st.gen += 1;
+    }
+}
+
+/// PRG response codes (§6.3).
+pub const PRG_SUCCESS: u8 = 0x0;
+pub const PRG_INVALID: u8 = 0x1;
+pub const PRG_FAILURE: u8 = 0xf;
+
+#[derive(Debug, Default)]
+pub struct PriState {
+    next_prgi: u16,
+    /// Outstanding page request groups and their answer once it came.
+    pub outstanding: FxHashMap<u16, Option<u8>>,
+    /// Response Failure received: PRI stopped until reset.
+    pub stopped: bool,
+    pub unexpected: u64,
+}
+
+impl PriState {
+    /// Allocate a PRG index not in use (9 bits).
+    pub fn alloc(&mut self) -> Option<u16> {
+        for _ in 0..512 {
+            let g = self.next_prgi & 0x1ff;
+            self.next_prgi = self.next_prgi.wrapping_add(1);
+            if let std::collections::hash_map::Entry::Vacant(v) = self.outstanding.entry(g) {
+                v.insert(None);
+                return Some(g);
+            }
+        }
+        None
+    }
+}
+
+/// PRI state of an endpoint, with the condition variable accesses wait on.
+#[derive(Debug, Default)]
+pub struct Pri {
+    pub state: Mutex<PriState>,
+    pub answered: Condvar,
+}
+
+impl Pri {
+    /// Deliver a PRG response. Returns false for an unexpected PRG index.
+    pub fn respond(&self, prgi: u16, code: u8) -> bool {
+        let mut st = self.state.lock().unwrap();
+        let ok = match st.outstanding.get_mut(&(prgi & 0x1ff)) {
+            Some(slot @ None) => {
+                *slot = Some(code);
+                true
+            }
+            _ => {
+                st.unexpected += 1;
+                false
+            }
+        };
+        if ok && code != PRG_SUCCESS && code != PRG_INVALID {
+            st.stopped = true;
+        }
+        drop(st);
+        self.answered.notify_all();
+        ok
+    }
+
+    /// Wait for the answer to `prgi`; `None` on timeout. The slot is freed.
+    pub fn wait(&self, prgi: u16, timeout: std::time::Duration) -> Option<u8> {
+        let st = self.state.lock().unwrap();
+        let (mut st, _) = self
+            .answered
+            .wait_timeout_while(st, timeout, |s| {
+                matches!(s.outstanding.get(&prgi), Some(None))
+            })
+            .unwrap();
+        st.outstanding.remove(&prgi).flatten()
+    }
+
+    pub fn reset(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.outstanding.clear();
+        st.stopped = false;
+        drop(st);
+        self.answered.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn completion_encoding() {
+        let c = AtsCompletion {
+            r: true,
+            w: true,
+            pa_base: 0x1234_5000,
+            size_log2: 12,
+            ..Default::default()
+        };
+        assert_eq!(c.encode(), 0x1234_5003);
+        assert_eq!(AtsCompletion::decode(c.encode()), c);
+        // 2 MiB: S=1, bits 19:12 set, bit 20 clear (§8.2).
+        let c = AtsCompletion {
+            r: true,
+            pa_base: 0x4020_0000,
+            size_log2: 21,
+            ..Default::default()
+        };
+        let v = c.encode();
+        assert_eq!(v & 0x800, 0x800);
+        assert_eq!(v & 0x1f_f000, 0xf_f000);
+        assert_eq!(v & !0x1f_ffff, 0x4020_0000);
+        assert_eq!(AtsCompletion::decode(v), c);
+        let all = AtsCompletion {
+            r: true,
+            w: false,
+            u: true,
+            exe: true,
+            privileged: true,
+            global: true,
+            pa_base: 0x1000,
+            size_log2: 12,
+        };
+        assert_eq!(all.encode() & 0x3f, 0b11_1101);
+        assert_eq!(AtsCompletion::fault(12).encode(), 0);
+    }
+
+    #[test]
+    fn atc_lookup_and_invalidate_by_pasid_and_range() {
+        let mut a = Atc::new(16);
+        let c = |pa| AtsCompletion {
+            r: true,
+            w: true,
+            pa_base: pa,
+            size_log2: 12,
+            ..Default::default()
+        };
+        a.insert(1, 0x1000, c(0xa000));
+        a.insert(1, 0x2000, c(0xb000));
+        a.insert(2, 0x1000, c(0xc000));
+        a.insert(
+            1,
+            0x20_0000,
+            AtsCompletion {
+                size_log2: 21,
+                ..c(0x40_0000)
+            },
+        );
+        assert_eq!(a.lookup(1, 0x1fff).unwrap().pa(0x1fff), 0xafff);
+        assert_eq!(a.lookup(1, 0x21_0123).unwrap().pa(0x21_0123), 0x41_0123);
+        assert_eq!(a.invalidate(Some(1), &SRange::decode(0x1000, false)), 1);
+        assert!(
+            a.lookup(1, 0x1000).is_none()
+                && a.lookup(2, 0x1000).is_some()
+                && a.lookup(1, 0x2000).is_some()
+        );
+        assert_eq!(
+            a.invalidate(None, &SRange::decode(0x0, true)),
+            1,
+            "all PASIDs, 8 KiB at 0"
+        );
+        assert!(a.lookup(2, 0x1000).is_none());
+        assert_eq!(
+            a.invalidate(Some(1), &SRange::decode(0x3f_f000, false)),
+            1,
+            "small range inside a 2 MiB entry"
+        );
+        assert_eq!(a.len(), 1);
+        a.insert(3, 0x5000, AtsCompletion::fault(12));
+        assert_eq!(a.len(), 1, "faults are not cached");
+        // A 1 GiB+ completion is cached as the 1 GiB slice that contains va.
+        a.insert(
+            4,
+            0x4000_1000,
+            AtsCompletion {
+                size_log2: 31,
+                ..c(0x8000_0000)
+            },
+        );
+        assert_eq!(
+            a.lookup(4, 0x4000_1000).unwrap().pa(0x4000_1000),
+            0xc000_1000
+        );
+    }
+
+    #[test]
+    fn invalidation_waits_for_inflight_access() {
+        let gate = Arc::new(AtcGate::new(8));
+        let c = AtsCompletion {
+            r: true,
+            pa_base: 0xa000,
+            size_log2: 12,
+            ..Default::default()
+        };
+        let (g, _) = gate.begin(1, 0x1000);
+        assert!(gate.fill(g.gen, 1, 0x1000, c));
+        drop(g);
+        let (access, hit) = gate.begin(1, 0x1000);
+        assert!(hit.is_some());
+        let done = Arc::new(AtomicU64::new(0));
+        let t = {
+            let (gate, done) = (gate.clone(), done.clone());
+            std::thread::spawn(move || {
+                let r = gate.invalidate(Some(1), &SRange::EVERYTHING, Duration::from_secs(5));
+                done.store(1, Ordering::SeqCst);
+                r
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            0,
+            "invalidation completed while the access was in flight"
+        );
+        // A completion obtained before the invalidation must not be cached.
+        assert!(!gate.fill(access.gen, 1, 0x1000, c));
+        drop(access);
+        assert_eq!(t.join().unwrap(), Some(1));
+        // An access holding the current epoch makes the next invalidation time out.
+        let (_late, _) = gate.begin(1, 0x1000);
+        assert_eq!(
+            gate.invalidate(Some(1), &SRange::EVERYTHING, Duration::from_millis(10)),
+            None,
+            "times out while an access holds the epoch"
+        );
+    }
+
+    #[test]
+    fn pri_round_trip_and_failure() {
+        let pri = Arc::new(Pri::default());
+        let g = pri.state.lock().unwrap().alloc().unwrap();
+        let p2 = pri.clone();
+        let t = std::thread::spawn(move || p2.wait(g, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(pri.respond(g, PRG_SUCCESS));
+        assert_eq!(t.join().unwrap(), Some(PRG_SUCCESS));
+        assert!(!pri.respond(g, PRG_SUCCESS), "unexpected PRG index");
+        let g = pri.state.lock().unwrap().alloc().unwrap();
+        assert_eq!(pri.wait(g, Duration::from_millis(10)), None, "timeout");
+        let g = pri.state.lock().unwrap().alloc().unwrap();
+        assert!(pri.respond(g, PRG_FAILURE));
+        assert!(pri.state.lock().unwrap().stopped);
+        pri.reset();
+        assert!(!pri.state.lock().unwrap().stopped);
+    }
+}
