@@ -69,6 +69,9 @@ pub struct AccessFlags {
     pub no_write: bool,
     /// Fail at once instead of issuing a PRI page request.
     pub no_pri: bool,
+    /// Use only what the ATC holds: a miss is `AccessError::AtcMiss` (the
+    /// simulator makes translation and access separate steps).
+    pub atc_only: bool,
 }
 
 /// What one endpoint DMA did.
@@ -91,6 +94,8 @@ pub enum AccessError {
     PasidRange(u32),
     #[error("translation fault at {va:#x}")]
     Fault { va: u64 },
+    #[error("no usable ATC entry for {va:#x}")]
+    AtcMiss { va: u64 },
     #[error("no page-request answer for {va:#x}")]
     PriTimeout { va: u64 },
     #[error("the IOMMU rejected the request for {va:#x} (event logged)")]
@@ -799,6 +804,7 @@ impl Iommu {
                     rep.atc_hits += 1;
                     e
                 }
+                None if flags.atc_only => return Err(AccessError::AtcMiss { va }),
                 None => {
                     inc(&self.stats.atc_misses);
                     rep.atc_misses += 1;
