@@ -1,0 +1,185 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! Command-line options of `amdvi-run`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+use crate::qemu::{Accel, Carrier};
+
+/// Which frontend carries the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CarrierChoice {
+    /// test-device on QEMU >= 10.2, gpio before.
+    Auto,
+    Gpio,
+    TestDevice,
+}
+
+impl CarrierChoice {
+    pub fn resolve(self, qemu_version: (u32, u32, u32)) -> Carrier {
+        match self {
+            CarrierChoice::Auto => Carrier::for_version(qemu_version),
+            CarrierChoice::Gpio => Carrier::Gpio,
+            CarrierChoice::TestDevice => Carrier::TestDevice,
+        }
+    }
+}
+
+/// Boot a Linux guest under QEMU with the emulated AMD IOMMU
+/// (vhost-device-amdvi) attached, run the guest test suite and judge it.
+///
+/// Builds the test module and programs (make -C guest-tests/module,
+/// make -C guest-tests/user) and the initramfs into build/, starts the daemon,
+/// boots QEMU, follows the KTAP on the serial console and prints a summary.
+/// Exit status: 0 all passed, 1 a failure (test, kernel warning, crash,
+/// timeout, missing exit line), 2 the run could not be set up, 4 everything
+/// was skipped.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "amdvi-run", version, verbatim_doc_comment)]
+pub struct Args {
+    /// Guest kernel: a series (6.12, 6.1: the newest Debian cloud kernel of it
+    /// under /boot) or a full release (6.1.0-56-cloud-amd64) [default: 6.12,
+    /// or the release inside --kernel].
+    #[arg(long, value_name = "VER")]
+    pub kver: Option<String>,
+
+    /// Kernel image (bzImage) to boot instead of /boot/vmlinuz-<release>.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Kernel build tree for the test module [default: /lib/modules/<release>/build].
+    #[arg(long, value_name = "DIR")]
+    pub headers: Option<PathBuf>,
+
+    /// Use this prebuilt amdvi_test.ko instead of building guest-tests/module.
+    #[arg(long, value_name = "PATH")]
+    pub module: Option<PathBuf>,
+
+    /// Take the guest's test programs from DIR instead of building guest-tests/user.
+    #[arg(long, value_name = "DIR")]
+    pub user_dir: Option<PathBuf>,
+
+    /// Daemon configuration (TOML) [default: configs/default.toml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Daemon binary [default: target/release/vhost-device-amdvi].
+    #[arg(long, value_name = "PATH")]
+    pub daemon: Option<PathBuf>,
+
+    /// QEMU binary.
+    #[arg(long, value_name = "PATH", default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+
+    /// Run only the scenarios whose name matches GLOB.
+    #[arg(long, value_name = "GLOB")]
+    pub filter: Option<String>,
+
+    /// Extra arguments to the guest's amdvi-tests.
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    pub args: Option<String>,
+
+    /// Parameters for insmod amdvi_test.ko (e.g. notifier_mode=end_only).
+    #[arg(long, value_name = "STR")]
+    pub modparams: Option<String>,
+
+    /// Extra guest kernel command-line parameters.
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    pub append: Option<String>,
+
+    /// Number of vCPUs (two or more: two NUMA nodes).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub smp: u32,
+
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 512, value_name = "MiB")]
+    pub mem: u32,
+
+    /// Guest paging depth: 5 (-cpu max, LA57) or 4 (-cpu max + no5lvl).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(4..=5))]
+    pub paging: u8,
+
+    /// Accelerator. Nested KVM is known to hang early in boot on the project's
+    /// build machines; TCG is the tested path.
+    #[arg(long, value_enum, default_value_t = Accel::Tcg)]
+    pub accel: Accel,
+
+    /// Frontend that carries the device.
+    #[arg(long, value_enum, default_value_t = CarrierChoice::Auto)]
+    pub carrier: CarrierChoice,
+
+    /// Kill QEMU and the daemon after SECS seconds.
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub timeout: u64,
+
+    /// Results file [default: build/results.json].
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Directory for the initramfs, logs and sockets [default: build/ in the repository].
+    #[arg(long, value_name = "DIR")]
+    pub build_dir: Option<PathBuf>,
+
+    /// Print the daemon and QEMU command lines and exit.
+    #[arg(long)]
+    pub print_cmdline: bool,
+
+    /// Keep the initramfs and the socket after the run (logs and results are
+    /// always kept).
+    #[arg(long)]
+    pub keep: bool,
+
+    /// -v: show the guest's amdvi-init lines; -vv: echo the whole console.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// DEBUGGING ONLY: boot without the amdvi device and without starting the
+    /// daemon (checks the kernel, initramfs and console path; the suite cannot
+    /// pass this way).
+    #[arg(long, help_heading = "Debugging")]
+    pub no_device: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let a = Args::try_parse_from(["amdvi-run"]).unwrap();
+        assert_eq!(a.kver, None);
+        assert_eq!((a.smp, a.mem, a.paging, a.timeout), (2, 512, 5, 600));
+        assert_eq!(a.accel, Accel::Tcg);
+        assert_eq!(a.carrier, CarrierChoice::Auto);
+        let a = Args::try_parse_from([
+            "amdvi-run",
+            "--kver",
+            "6.1",
+            "--paging",
+            "4",
+            "--args",
+            "-v --seed 3",
+            "--carrier",
+            "test-device",
+            "--accel",
+            "kvm",
+            "-vv",
+        ])
+        .unwrap();
+        assert_eq!(a.paging, 4);
+        assert_eq!(a.args.as_deref(), Some("-v --seed 3"));
+        assert_eq!(a.carrier, CarrierChoice::TestDevice);
+        assert_eq!(a.verbose, 2);
+        assert!(Args::try_parse_from(["amdvi-run", "--paging", "3"]).is_err());
+        assert_eq!(CarrierChoice::Auto.resolve((10, 0, 2)), Carrier::Gpio);
+        assert_eq!(CarrierChoice::Auto.resolve((10, 2, 0)), Carrier::TestDevice);
+        assert_eq!(CarrierChoice::Gpio.resolve((10, 2, 0)), Carrier::Gpio);
+    }
+}
