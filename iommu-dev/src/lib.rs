@@ -23,6 +23,7 @@ pub mod fault;
 pub mod iommu;
 pub mod mem;
 pub mod oracle;
+pub mod pgtable;
 pub mod regs;
 pub mod srange;
 pub mod walker;

@@ -14,7 +14,7 @@ pub const PTE_PS: u64 = 1 << 7;
 pub const PTE_NX: u64 = 1 << 63;
 /// Physical-address bits the model implements; bits 51:PA_BITS are reserved.
 pub const PA_BITS: u32 = 48;
-const ADDR_MASK: u64 = ((1u64 << 52) - 1) & !0xfff;
+pub(crate) const ADDR_MASK: u64 = ((1u64 << 52) - 1) & !0xfff;
 const RESERVED_PA: u64 = ((1u64 << 52) - 1) & !((1u64 << PA_BITS) - 1);
 const MAX_RESTARTS: u32 = 64;
 
@@ -150,7 +150,7 @@ pub fn canonical(va: u64, levels: u8) -> bool {
     top == 0 || top == -1
 }
 
-fn index(va: u64, level: u8) -> u64 {
+pub(crate) fn index(va: u64, level: u8) -> u64 {
     (va >> (12 + 9 * (u32::from(level) - 1))) & 0x1ff
 }
 
@@ -295,75 +295,10 @@ pub fn walk_from(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
 
-    /// A tiny page-table builder over guest memory for tests.
-    pub struct Tables<'a> {
-        pub mem: &'a Mem,
-        pub levels: u8,
-        pub cr3: u64,
-        next: u64,
-    }
-
-    pub const DIR: u64 = PTE_P | PTE_RW | PTE_US;
-
-    impl<'a> Tables<'a> {
-        /// Tables are allocated from `pool` upwards.
-        pub fn new(mem: &'a Mem, levels: u8, pool: u64) -> Self {
-            Tables {
-                mem,
-                levels,
-                cr3: pool,
-                next: pool + 0x1000,
-            }
-        }
-
-        fn alloc(&mut self) -> u64 {
-            let t = self.next;
-            self.next += 0x1000;
-            t
-        }
-
-        /// Map `va` to `pa` with a leaf at `leaf_level` (1, 2, 3) with `flags`;
-        /// directory entries get `dir` flags. Returns the leaf entry's GPA.
-        pub fn map(&mut self, va: u64, pa: u64, leaf_level: u8, flags: u64, dir: u64) -> u64 {
-            let mut table = self.cr3;
-            let mut level = self.levels;
-            loop {
-                let gpa = table + 8 * index(va, level);
-                if level == leaf_level {
-                    let ps = if leaf_level > 1 { PTE_PS } else { 0 };
-                    mem::store_u64(self.mem, gpa, pa | flags | ps).unwrap();
-                    return gpa;
-                }
-                let e = mem::load_u64(self.mem, gpa).unwrap();
-                table = if e & PTE_P != 0 {
-                    let t = e & ADDR_MASK;
-                    mem::store_u64(self.mem, gpa, t | dir).unwrap();
-                    t
-                } else {
-                    let t = self.alloc();
-                    mem::store_u64(self.mem, gpa, t | dir).unwrap();
-                    t
-                };
-                level -= 1;
-            }
-        }
-
-        pub fn entry_gpa(&self, va: u64, level: u8) -> u64 {
-            let mut table = self.cr3;
-            let mut l = self.levels;
-            loop {
-                let gpa = table + 8 * index(va, l);
-                if l == level {
-                    return gpa;
-                }
-                table = mem::load_u64(self.mem, gpa).unwrap() & ADDR_MASK;
-                l -= 1;
-            }
-        }
-    }
+    use crate::pgtable::{Tables, DIR};
 
     const USER_RW: u64 = PTE_P | PTE_RW | PTE_US;
     const RD: Request = Request {
