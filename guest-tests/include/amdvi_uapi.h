@@ -140,6 +140,14 @@ struct amdvi_ioc_stream {
 #define AMDVI_RULE_R4		4
 #define AMDVI_RULE_STALE	5
 
+/* amdvi_ioc_oracle.count[] indices */
+#define AMDVI_CNT_R1		0
+#define AMDVI_CNT_R2		1
+#define AMDVI_CNT_R3		2
+#define AMDVI_CNT_R4		3
+#define AMDVI_CNT_STALE		4
+#define AMDVI_CNT_DROPPED	5
+
 struct amdvi_ioc_finding {
 	__u32 rule;
 	__u16 devid;

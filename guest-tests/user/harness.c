@@ -1,0 +1,281 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KTAP harness of amdvi-tests; output format: docs/guest-conventions.md.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "amdvi_lib.h"
+#include "harness.h"
+
+static void vline(struct ctx *c, const char *fmt, va_list ap)
+{
+	char buf[1024];
+
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	/* one diagnostic per line, even for multi-line messages */
+	for (char *s = buf, *nl; s && *s; s = nl) {
+		nl = strchr(s, '\n');
+		if (nl)
+			*nl++ = '\0';
+		printf("%s# %s\n", c ? c->indent : "", s);
+	}
+	fflush(stdout);
+}
+
+void diag(struct ctx *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vline(c, fmt, ap);
+	va_end(ap);
+}
+
+void fail(struct ctx *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vline(c, fmt, ap);
+	va_end(ap);
+	c->failed = true;
+}
+
+void skip(struct ctx *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(c->skip_reason, sizeof(c->skip_reason), fmt, ap);
+	va_end(ap);
+	c->skipped = true;
+}
+
+static void usage(const char *prog)
+{
+	fprintf(stderr,
+		"usage: %s [-l] [-f GLOB] [-r N] [-R RATE]\n"
+		"  -l       list scenarios\n"
+		"  -f GLOB  run only scenarios matching GLOB (may repeat)\n"
+		"  -r N     repeats of race scenarios (KTAP subtests)\n"
+		"  -R RATE  device stream rate in accesses/s (0 = unthrottled)\n",
+		prog);
+}
+
+/* Open the device and bind; false (with a failure) when impossible. */
+static bool fixture_setup(struct ctx *c)
+{
+	struct amdvi_ioc_oracle o;
+	int ret;
+
+	c->fd = dev_open();
+	if (c->fd < 0) {
+		fail(c, "cannot open /dev/%s: %s (is amdvi_test.ko loaded and bound?)",
+		     AMDVI_DEV_NAME, strerror(-c->fd));
+		return false;
+	}
+	ret = dev_info(c->fd, &c->info);
+	if (ret) {
+		fail(c, "INFO ioctl failed: %s", strerror(-ret));
+		return false;
+	}
+	if (!(c->info.features & AMDVI_FEAT_SVA)) {
+		skip(c, "device has no guest translation (EFR 0x%llx): SVA unavailable",
+		     (unsigned long long)c->info.efr);
+		return false;
+	}
+	c->ep_data = 0;
+	c->ep_stream = c->info.num_endpoints > 1 ? 1 : 0;
+	if (!(c->sc->flags & SC_NO_BIND)) {
+		ret = dev_bind(c->fd, 0, &c->pasid);
+		if (ret) {
+			fail(c, "BIND: expected a PASID, saw error %s",
+			     strerror(-ret));
+			return false;
+		}
+	}
+	/* start from clean oracle counters */
+	ret = dev_oracle(c->fd, 0, 0, 0, 0, AMDVI_ORACLE_CLEAR, NULL, 0, &o);
+	if (ret < 0) {
+		fail(c, "ORACLE_READ failed: %s", strerror(-ret));
+		return false;
+	}
+	return true;
+}
+
+/* Collect the per-access findings since the last read; clears them. */
+static void collect_findings(struct ctx *c, uint64_t r[4])
+{
+	struct amdvi_ioc_finding rec[16];
+	struct amdvi_ioc_oracle o;
+	int ret;
+
+	memset(r, 0, 4 * sizeof(r[0]));
+	ret = dev_oracle(c->fd, 0, 0, 0, 0, AMDVI_ORACLE_CLEAR, rec, 16, &o);
+	if (ret < 0 || o.status != ST_OK) {
+		fail(c, "ORACLE_READ: expected status OK, saw %s",
+		     ret < 0 ? strerror(-ret) : status_name(o.status));
+		return;
+	}
+	for (int i = 0; i < 4; i++)
+		r[i] = o.count[i];
+	if (r[0] && !(c->sc->flags & SC_ALLOW_R1)) {
+		fail(c, "oracle: expected no R1 (stale page) findings, saw %llu (notifier_mode mask 0x%x)",
+		     (unsigned long long)r[0], c->info.notifier_mode);
+		print_findings(c, rec, o.nrecords, 8);
+	} else if (r[0] || r[1] || r[2] || r[3]) {
+		diag(c, "oracle (flush-window findings, reported only): R1=%llu R2=%llu R3=%llu R4=%llu",
+		     (unsigned long long)r[0], (unsigned long long)r[1],
+		     (unsigned long long)r[2], (unsigned long long)r[3]);
+	}
+	if (o.count[AMDVI_CNT_DROPPED])
+		diag(c, "oracle dropped %llu records",
+		     (unsigned long long)o.count[AMDVI_CNT_DROPPED]);
+}
+
+static const char *result_of(struct ctx *c)
+{
+	return c->failed ? "fail" : c->skipped ? "skip" : "pass";
+}
+
+static void print_result(struct ctx *c, const char *indent, unsigned int n,
+			 const char *name, uint64_t ms)
+{
+	printf("%s# amdvi-result: name=%s result=%s accesses=%llu r1=%llu r2=%llu r3=%llu r4=%llu stale=%llu ms=%llu\n",
+	       indent, name, result_of(c), (unsigned long long)c->accesses,
+	       (unsigned long long)c->r[0], (unsigned long long)c->r[1],
+	       (unsigned long long)c->r[2], (unsigned long long)c->r[3],
+	       (unsigned long long)c->stale, (unsigned long long)ms);
+	if (c->failed)
+		printf("%snot ok %u %s\n", indent, n, name);
+	else if (c->skipped)
+		printf("%sok %u %s # SKIP %s\n", indent, n, name,
+		       c->skip_reason);
+	else
+		printf("%sok %u %s\n", indent, n, name);
+	fflush(stdout);
+}
+
+/* Returns 0 pass, 1 fail, 4 skip. */
+static int run_scenario(const struct scenario *sc, unsigned int n,
+			int repeats, uint64_t rate)
+{
+	struct ctx c = { .sc = sc, .fd = -1, .indent = "", .rate = rate };
+	uint64_t t0 = now_ms(), r[4];
+	int nrep = 1;
+
+	if (sc->flags & SC_RACE)
+		nrep = repeats > 0 ? repeats :
+		       (sc->min_repeats ? (int)sc->min_repeats : 1);
+
+	if (fixture_setup(&c)) {
+		if (nrep == 1) {
+			sc->fn(&c);
+			collect_findings(&c, r);
+			for (int i = 0; i < 4; i++)
+				c.r[i] += r[i];
+		} else {
+			printf("  KTAP version 1\n  # Subtest: %s\n  1..%d\n",
+			       sc->name, nrep);
+			c.nrepeats = nrep;
+			for (int i = 1; i <= nrep && !c.skipped; i++) {
+				struct ctx s = c;
+				char name[96];
+				uint64_t t1 = now_ms();
+
+				s.indent = "  ";
+				s.repeat = i;
+				s.failed = false;
+				s.accesses = s.stale = 0;
+				memset(s.r, 0, sizeof(s.r));
+				sc->fn(&s);
+				collect_findings(&s, s.r);
+				snprintf(name, sizeof(name), "%s.%d", sc->name,
+					 i);
+				print_result(&s, "  ", i, name, now_ms() - t1);
+				c.failed |= s.failed;
+				if (s.skipped) {
+					c.skipped = true;
+					memcpy(c.skip_reason, s.skip_reason,
+					       sizeof(c.skip_reason));
+				}
+				c.accesses += s.accesses;
+				c.stale += s.stale;
+				for (int k = 0; k < 4; k++)
+					c.r[k] += s.r[k];
+			}
+		}
+	}
+	if (c.fd >= 0)
+		close(c.fd);		/* unbinds the fixture PASID */
+	print_result(&c, "", n, sc->name, now_ms() - t0);
+	return c.failed ? 1 : c.skipped ? 4 : 0;
+}
+
+int harness_main(int argc, char **argv)
+{
+	const char *filters[16];
+	unsigned int nfilters = 0, planned = 0, i, n = 0;
+	bool list = false, any_fail = false, any_pass = false;
+	uint64_t rate = 20000;
+	int repeats = 0, opt;
+
+	while ((opt = getopt(argc, argv, "lf:r:R:h")) != -1) {
+		switch (opt) {
+		case 'l':
+			list = true;
+			break;
+		case 'f':
+			if (nfilters < 16)
+				filters[nfilters++] = optarg;
+			break;
+		case 'r':
+			repeats = atoi(optarg);
+			break;
+		case 'R':
+			rate = strtoull(optarg, NULL, 0);
+			break;
+		default:
+			usage(argv[0]);
+			return opt == 'h' ? 0 : 2;
+		}
+	}
+
+	bool selected[nr_scenarios];
+
+	for (i = 0; i < nr_scenarios; i++) {
+		selected[i] = !nfilters;
+		for (unsigned int f = 0; f < nfilters; f++)
+			if (!fnmatch(filters[f], scenarios[i].name, 0))
+				selected[i] = true;
+		planned += selected[i];
+	}
+	if (list) {
+		for (i = 0; i < nr_scenarios; i++)
+			if (selected[i])
+				printf("%-20s %s\n", scenarios[i].name,
+				       scenarios[i].what);
+		return 0;
+	}
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	printf("KTAP version 1\n1..%u\n", planned);
+	for (i = 0; i < nr_scenarios; i++) {
+		int ret;
+
+		if (!selected[i])
+			continue;
+		ret = run_scenario(&scenarios[i], ++n, repeats, rate);
+		any_fail |= ret == 1;
+		any_pass |= ret == 0;
+	}
+	if (any_fail)
+		return 1;
+	return (any_pass || !planned) ? 0 : 4;
+}
