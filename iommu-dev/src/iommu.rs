@@ -72,6 +72,9 @@ pub struct AccessFlags {
     /// Use only what the ATC holds: a miss is `AccessError::AtcMiss` (the
     /// simulator makes translation and access separate steps).
     pub atc_only: bool,
+    /// Untranslated DMA (AT=00b): the IOMMU translates every access through
+    /// its IOTLB, a fault is an IO_PAGE_FAULT event and the access fails.
+    pub untranslated: bool,
 }
 
 /// What one endpoint DMA did.
@@ -795,6 +798,9 @@ impl Iommu {
         rep: &mut AccessReport,
     ) -> Result<(), AccessError> {
         let write = buf.is_write();
+        if flags.untranslated {
+            return self.untranslated_access(mem, ep.devid, pasid, va, flags, buf, off, n, rep);
+        }
         let mut rounds = 0;
         loop {
             let (guard, hit) = ep.gate.begin(pasid, va);
@@ -849,6 +855,70 @@ impl Iommu {
             }
             drop(guard);
             return Ok(());
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn untranslated_access(
+        &self,
+        mem: &Mem,
+        devid: u16,
+        pasid: u32,
+        va: u64,
+        flags: AccessFlags,
+        buf: &mut Buf<'_>,
+        off: usize,
+        n: usize,
+        rep: &mut AccessReport,
+    ) -> Result<(), AccessError> {
+        let write = buf.is_write();
+        let dte = match self.dte(mem, devid, false) {
+            Ok(d) => d,
+            Err(DteFailure::NotReady) => return Err(AccessError::NotReady),
+            Err(DteFailure::Logged) => return Err(AccessError::Device { va }),
+        };
+        if !dte.v || !dte.tv || !dte.gv || self.control() & control::GT_EN == 0 {
+            // No guest translation for PASID-tagged DMA: target abort.
+            self.log_event(Event::io_page_fault(
+                devid,
+                pasid,
+                flag::GN | if write { flag::RW } else { 0 },
+                va,
+            ));
+            return Err(AccessError::Device { va });
+        }
+        let req = Request {
+            write,
+            exec: flags.exec,
+            privileged: flags.privileged,
+        };
+        let fits = pasid >> (9 * (u32::from(dte.glx) + 1)) == 0;
+        let x = if fits {
+            self.translate(mem, devid, &dte, pasid, va, req, Dirty::OnWrite, false)
+        } else {
+            Ok(Xlate::Fault)
+        };
+        match x {
+            Err(()) => Err(AccessError::Device { va }),
+            Ok(Xlate::Fault) => Err(AccessError::Fault { va }),
+            Ok(Xlate::Ok(e)) => {
+                let pa = e.pa_base | (va & ((1u64 << e.size_log2) - 1));
+                rep.completion = AtsCompletion {
+                    r: true,
+                    w: e.perms.write,
+                    pa_base: e.pa_base,
+                    size_log2: e.size_log2,
+                    ..Default::default()
+                };
+                match buf {
+                    Buf::Read(b) => mem::read(mem, pa, &mut b[off..off + n])?,
+                    Buf::Write(d) => mem::write(mem, pa, &d[off..off + n])?,
+                }
+                if self.oracle.enabled() {
+                    self.oracle_check(mem, devid, pasid, va, write, pa, Source::Iotlb);
+                }
+                Ok(())
+            }
         }
     }
 

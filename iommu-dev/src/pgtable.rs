@@ -30,6 +30,16 @@ impl<'a> Tables<'a> {
         }
     }
 
+    /// Tables at `cr3` that already exist, new ones allocated from `next`.
+    pub fn resume(mem: &'a Mem, levels: u8, cr3: u64, next: u64) -> Self {
+        Tables {
+            mem,
+            levels,
+            cr3,
+            next,
+        }
+    }
+
     /// The next free pool address.
     pub fn pool_next(&self) -> u64 {
         self.next
