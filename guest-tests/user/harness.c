@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fnmatch.h>
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,10 +62,10 @@ static void usage(const char *prog)
 {
 	fprintf(stderr,
 		"usage: %s [-l] [-f GLOB] [-r N] [-R RATE]\n"
-		"  -l       list scenarios\n"
-		"  -f GLOB  run only scenarios matching GLOB (may repeat)\n"
-		"  -r N     repeats of race scenarios (KTAP subtests)\n"
-		"  -R RATE  device stream rate in accesses/s (0 = unthrottled)\n",
+		"  -l, --list          list scenarios\n"
+		"  -f, --filter GLOB   run only scenarios matching GLOB (may repeat)\n"
+		"  -r, --repeat N      repeats of race scenarios (KTAP subtests)\n"
+		"  -R, --rate RATE     device stream rate in accesses/s (0 = unthrottled)\n",
 		prog);
 }
 
@@ -226,7 +227,17 @@ int harness_main(int argc, char **argv)
 	uint64_t rate = 20000;
 	int repeats = 0, opt;
 
-	while ((opt = getopt(argc, argv, "lf:r:R:h")) != -1) {
+	static const struct option longopts[] = {
+		{ "list", no_argument, NULL, 'l' },
+		{ "filter", required_argument, NULL, 'f' },
+		{ "repeat", required_argument, NULL, 'r' },
+		{ "rate", required_argument, NULL, 'R' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+
+	while ((opt = getopt_long(argc, argv, "lf:r:R:h", longopts,
+				  NULL)) != -1) {
 		switch (opt) {
 		case 'l':
 			list = true;
