@@ -197,7 +197,7 @@ struct amdvi_dev {
 	struct mutex stream_lock;
 	struct list_head streams;
 	struct workqueue_struct *ppr_wq;
-	spinlock_t ppr_lock;
+	spinlock_t ppr_lock;		/* ppr_partial */
 	struct list_head ppr_partial;	/* page requests of open groups */
 
 	atomic64_t ctr[AMDVI_MC_NR];

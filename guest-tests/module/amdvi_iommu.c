@@ -228,8 +228,7 @@ static int amdvi_cmds_sync(struct amdvi_dev *ad, const struct amdvi_cmd *cmds,
 			break;
 		}
 		if (completion_done(&req->done)) {
-			status = amdvi_req_status(req,
-					sizeof(struct amdvi_commands_resp));
+			status = amdvi_req_status(req, sizeof(struct amdvi_commands_resp));
 			if (READ_ONCE(*sem) == data)
 				continue;
 			if (status != AMDVI_S_OK) {
@@ -395,6 +394,7 @@ static void amdvi_write_dte(struct amdvi_dev *ad, unsigned int ep)
 	WRITE_ONCE(dte[3], 0);
 	WRITE_ONCE(dte[2], q2);
 	WRITE_ONCE(dte[1], q1);
+	/* the walker must not see V=1 with the old upper quadwords */
 	smp_wmb();
 	WRITE_ONCE(dte[0], q0);
 	dev_dbg(ad->dev, "DTE[%04x] = %016llx %016llx %016llx %016llx\n",

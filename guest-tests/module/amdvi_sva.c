@@ -73,12 +73,18 @@ static void amdvi_bond_flush(struct amdvi_bond *bond, unsigned long start,
 			     unsigned long end)
 {
 	struct amdvi_dev *ad = bond->ad;
+	int ret;
 
 	if (test_bit(AMDVI_BOND_RELEASED, &bond->flags))
 		return;
 	/* may run under the page-table lock: never sleep here */
-	amdvi_flush_pasid(ad, bond->ep_mask, bond->pasid, start, end, true);
+	ret = amdvi_flush_pasid(ad, bond->ep_mask, bond->pasid, start, end,
+				true);
 	amdvi_count(ad, AMDVI_MC_FLUSH_RANGE);
+	if (ret)
+		dev_err_ratelimited(ad->dev,
+				    "flush of pasid %u [%#lx, %#lx) failed: %d\n",
+				    bond->pasid, start, end, ret);
 }
 
 /* Drop the partial page-request groups of @pasid, wait for the workers. */
