@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test test-rust lint fmt bench clean
+.PHONY: all build test test-rust lint fmt bench clean deps run test-vm vm-bins
 
 all: build
 
@@ -28,3 +28,29 @@ bench:
 
 clean:
 	$(CARGO) clean
+
+# ---- guest VM runs (guest-tests/runner, binary amdvi-run) ----------------
+# make deps                       install/check QEMU >= 10, busybox, kernels
+# make run ARGS="--kver 6.1 --filter 'cow*' -v"    one guest run
+# make test-vm                    6.12 with 5- and 4-level paging, 6.1
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+AMDVI_RUN := $(TARGET_DIR)/release/amdvi-run --daemon $(TARGET_DIR)/release/vhost-device-amdvi
+# kernel series:paging levels
+TEST_VM_CONFIGS ?= 6.12:5 6.12:4 6.1:5
+ARGS ?=
+
+deps:
+	scripts/deps.sh
+
+vm-bins:
+	$(CARGO) build --release --bin vhost-device-amdvi --bin amdvi-run
+
+run: deps vm-bins
+	$(AMDVI_RUN) $(ARGS)
+
+test-vm: deps vm-bins
+	@fail=0; for c in $(TEST_VM_CONFIGS); do \
+		k=$${c%%:*}; p=$${c##*:}; \
+		echo "== test-vm: kernel $$k, $$p-level paging"; \
+		$(AMDVI_RUN) --kver $$k --paging $$p --json build/results-$$k-$${p}lvl.json $(ARGS) || fail=1; \
+	done; exit $$fail
