@@ -65,7 +65,9 @@ impl<'a> Tables<'a> {
                 return gpa;
             }
             let e = mem::load_u64(self.mem, gpa).expect("table entry in RAM");
-            let next = if e & PTE_P != 0 {
+            // A large leaf on the way is replaced by a new table (a split).
+            let is_table = e & PTE_P != 0 && (e & PTE_PS == 0 || level > 3);
+            let next = if is_table {
                 e & ADDR_MASK
             } else {
                 self.alloc()
@@ -83,14 +85,25 @@ impl<'a> Tables<'a> {
 
     /// GPA of the entry for `va` at `level`; the tables above must exist.
     pub fn entry_gpa(&self, va: u64, level: u8) -> u64 {
+        self.try_entry_gpa(va, level)
+            .expect("tables above the entry exist")
+    }
+
+    /// GPA of the entry for `va` at `level`, or None when a present table
+    /// entry inside guest RAM does not lead there.
+    pub fn try_entry_gpa(&self, va: u64, level: u8) -> Option<u64> {
         let mut table = self.cr3;
         let mut l = self.levels;
         loop {
             let gpa = table + 8 * index(va, l);
             if l == level {
-                return gpa;
+                return Some(gpa);
             }
-            table = mem::load_u64(self.mem, gpa).expect("table entry in RAM") & ADDR_MASK;
+            let e = mem::load_u64(self.mem, gpa).ok()?;
+            if e & PTE_P == 0 || (e & PTE_PS != 0 && l <= 3) {
+                return None;
+            }
+            table = e & ADDR_MASK;
             l -= 1;
         }
     }
