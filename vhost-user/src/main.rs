@@ -1,0 +1,148 @@
+//! vhost-device-amdvi: serve the emulated AMD IOMMU with ATS endpoints to
+//! QEMU over a vhost-user socket. See README.md and docs/protocol.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use clap::Parser;
+use vhost_device_amdvi::{start_backend, DaemonConfig, Options, StopSignal};
+
+/// vhost-user backend for an emulated AMD IOMMUv2-like unit with ATS
+/// endpoints (virtio carrier: QEMU's vhost-user-gpio-pci or
+/// vhost-user-test-device-pci). The daemon listens on the socket; QEMU
+/// connects. Connections are served one after another, each with a freshly
+/// reset device, until SIGINT or SIGTERM.
+#[derive(Parser, Debug)]
+#[command(name = "vhost-device-amdvi", version)]
+struct Args {
+    /// Location of the vhost-user Unix domain socket (the daemon listens on it).
+    #[arg(short = 's', long, value_name = "PATH")]
+    socket_path: PathBuf,
+
+    /// TOML configuration: endpoints, cache sizes, oracle, timeouts, limits,
+    /// fault rules [default: built-in, as configs/default.toml].
+    #[arg(short = 'c', long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Write the device counters (summed over connections) as JSON to FILE
+    /// after each connection and at exit.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+
+    /// Write JSON lines of commands, walks, ATS requests, invalidations,
+    /// events, page requests and oracle findings to FILE.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+/// The validated configuration the daemon runs with.
+struct Configuration {
+    socket_path: PathBuf,
+    device: DaemonConfig,
+    options: Options,
+}
+
+impl TryFrom<Args> for Configuration {
+    type Error = String;
+
+    fn try_from(a: Args) -> Result<Self, String> {
+        let device = match &a.config {
+            Some(p) => DaemonConfig::from_file(p).map_err(|e| e.to_string())?,
+            None => DaemonConfig::default(),
+        };
+        if a.socket_path.as_os_str().is_empty() {
+            return Err("--socket-path: must not be empty".into());
+        }
+        Ok(Configuration {
+            socket_path: a.socket_path,
+            device,
+            options: Options {
+                stats_json: a.stats_json,
+                trace: a.trace,
+            },
+        })
+    }
+}
+
+static STOP_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let fd = STOP_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: write(2) is async-signal-safe; `one` is a valid 8-byte
+        // buffer and `fd` an eventfd that lives for the whole process.
+        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines.next().unwrap_or("invalid arguments").to_string();
+            if first.ends_with(':') {
+                // "the following required arguments were not provided:" + the names
+                first = format!("{first} {}", lines.next().unwrap_or(""));
+            }
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
+            eprintln!("vhost-device-amdvi: error: {first} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let level = match args.verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let cfg = match Configuration::try_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vhost-device-amdvi: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = match StopSignal::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vhost-device-amdvi: error: eventfd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    STOP_FD.store(stop.raw_fd(), Ordering::Relaxed);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        if let Err(e) = vmm_sys_util::signal::register_signal_handler(sig, on_signal) {
+            eprintln!("vhost-device-amdvi: error: cannot handle signal {sig}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match start_backend(&cfg.device, &cfg.socket_path, &cfg.options, &stop) {
+        Ok(t) => {
+            log::info!(
+                "stopped after {} connection(s), {} requests",
+                t.connections,
+                t.counters.get("requests").copied().unwrap_or(0)
+            );
+            let _ = std::fs::remove_file(&cfg.socket_path);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vhost-device-amdvi: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
