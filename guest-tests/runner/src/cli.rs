@@ -12,7 +12,9 @@ use crate::qemu::{Accel, Carrier};
 pub enum CarrierChoice {
     /// test-device on QEMU >= 10.2, gpio before.
     Auto,
+    /// vhost-user-gpio-pci (virtio id 41).
     Gpio,
+    /// vhost-user-test-device-pci,virtio-id=63 (QEMU >= 10.2).
     TestDevice,
 }
 
@@ -88,7 +90,8 @@ pub struct Args {
     #[arg(long, value_name = "STR", allow_hyphen_values = true)]
     pub append: Option<String>,
 
-    /// Number of vCPUs (two or more: two NUMA nodes).
+    /// Number of vCPUs: 1, or an even number split over two NUMA nodes (one
+    /// socket each).
     #[arg(long, default_value_t = 2, value_name = "N")]
     pub smp: u32,
 
@@ -96,12 +99,12 @@ pub struct Args {
     #[arg(long, default_value_t = 512, value_name = "MiB")]
     pub mem: u32,
 
-    /// Guest paging depth: 5 (-cpu max, LA57) or 4 (-cpu max + no5lvl).
+    /// Guest paging depth: 5 (-cpu max exposes LA57) or 4 (kernel argument no5lvl).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(4..=5))]
     pub paging: u8,
 
-    /// Accelerator. Nested KVM is known to hang early in boot on the project's
-    /// build machines; TCG is the tested path.
+    /// Accelerator. Nested KVM is known to fail on the project's build
+    /// machines (QEMU aborts or hangs); TCG is the tested path.
     #[arg(long, value_enum, default_value_t = Accel::Tcg)]
     pub accel: Accel,
 

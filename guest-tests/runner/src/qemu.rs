@@ -112,6 +112,12 @@ impl QemuConfig {
                 self.mem_mib
             ));
         }
+        if self.smp > 1 && self.smp % 2 != 0 {
+            return Err(format!(
+                "--smp {} must be 1 or even: the vCPUs are split over two NUMA nodes",
+                self.smp
+            ));
+        }
         if self.smp > 1 && self.mem_mib % 2 != 0 {
             return Err(format!(
                 "--mem {} MiB must be even: it is split over two NUMA nodes",
@@ -135,15 +141,29 @@ pub fn qemu_argv(c: &QemuConfig) -> Vec<String> {
     } else {
         format!("q35,accel={},memory-backend=m0", c.accel)
     };
-    let smp = c.smp.to_string();
+    // One socket per NUMA node and no L3 in CPUID: otherwise the vCPUs of the
+    // two nodes share an LLC and the guest WARNs at boot (topology_sane:
+    // "CPU #1's llc-sibling CPU #0 is not on the same node").
+    let smp = if c.smp > 1 {
+        format!("{},sockets=2,cores={},threads=1", c.smp, c.smp / 2)
+    } else {
+        "1".to_string()
+    };
     let mem = format!("{}M", c.mem_mib);
     push(&[
-        "-machine", &machine, "-cpu", "max", "-smp", &smp, "-m", &mem,
+        "-machine",
+        &machine,
+        "-cpu",
+        "max,l3-cache=off",
+        "-smp",
+        &smp,
+        "-m",
+        &mem,
     ]);
     if c.smp > 1 {
         let m0 = c.mem_mib / 2;
         let m1 = c.mem_mib - m0;
-        let cpus0 = c.smp.div_ceil(2);
+        let cpus0 = c.smp / 2;
         let range = |lo: u32, hi: u32| {
             if lo == hi {
                 lo.to_string()
@@ -197,11 +217,12 @@ pub struct GuestArgs {
     pub extra: Option<String>,
 }
 
-/// The guest kernel command line. `quiet loglevel=4` keeps boot noise off the
-/// console but lets warnings, BUGs and oopses through; `panic=-1` with QEMU's
+/// The guest kernel command line. `quiet loglevel=5` keeps boot noise off the
+/// console but lets KERN_WARNING and worse through (a `WARN()` splat is
+/// KERN_WARNING, which `loglevel=4` would hide); `panic=-1` with QEMU's
 /// `-no-reboot` turns a panic into a QEMU exit.
 pub fn kernel_cmdline(paging: Paging, g: &GuestArgs) -> Result<String, String> {
-    let mut s = String::from("console=ttyS0 panic=-1 quiet loglevel=4");
+    let mut s = String::from("console=ttyS0 panic=-1 quiet loglevel=5");
     if paging == Paging::Four {
         s.push_str(" no5lvl");
     }
@@ -289,8 +310,8 @@ mod tests {
     fn default_two_nodes_with_gpio_carrier() {
         let a = qemu_argv(&cfg());
         assert_eq!(values(&a, "-machine"), ["q35,accel=tcg"]);
-        assert_eq!(values(&a, "-cpu"), ["max"]);
-        assert_eq!(values(&a, "-smp"), ["2"]);
+        assert_eq!(values(&a, "-cpu"), ["max,l3-cache=off"]);
+        assert_eq!(values(&a, "-smp"), ["2,sockets=2,cores=1,threads=1"]);
         assert_eq!(values(&a, "-m"), ["512M"]);
         assert_eq!(
             values(&a, "-object"),
@@ -327,6 +348,7 @@ mod tests {
         c.device = Some(("s".into(), Carrier::TestDevice));
         let a = qemu_argv(&c);
         assert_eq!(values(&a, "-machine"), ["q35,accel=kvm,memory-backend=m0"]);
+        assert_eq!(values(&a, "-smp"), ["1"]);
         assert_eq!(
             values(&a, "-object"),
             ["memory-backend-memfd,id=m0,size=512M,share=on"]
@@ -339,24 +361,26 @@ mod tests {
     }
 
     #[test]
-    fn odd_cpu_counts_and_no_device() {
+    fn more_cpus_and_no_device() {
         let mut c = cfg();
-        c.smp = 3;
+        c.smp = 4;
         c.mem_mib = 1024;
         c.device = None;
         let a = qemu_argv(&c);
-        assert_eq!(
-            values(&a, "-numa"),
-            ["node,memdev=m0,cpus=0-1", "node,memdev=m1,cpus=2"]
-        );
-        assert!(values(&a, "-device").is_empty());
-        assert!(values(&a, "-chardev").is_empty());
-        c.smp = 4;
-        let a = qemu_argv(&c);
+        assert_eq!(values(&a, "-smp"), ["4,sockets=2,cores=2,threads=1"]);
         assert_eq!(
             values(&a, "-numa"),
             ["node,memdev=m0,cpus=0-1", "node,memdev=m1,cpus=2-3"]
         );
+        assert_eq!(
+            values(&a, "-object"),
+            [
+                "memory-backend-memfd,id=m0,size=512M,share=on",
+                "memory-backend-memfd,id=m1,size=512M,share=on"
+            ]
+        );
+        assert!(values(&a, "-device").is_empty());
+        assert!(values(&a, "-chardev").is_empty());
     }
 
     #[test]
@@ -372,6 +396,10 @@ mod tests {
         c.mem_mib = 512;
         c.smp = 0;
         assert!(c.validate().is_err());
+        c.smp = 3;
+        assert!(c.validate().is_err());
+        c.smp = 4;
+        assert!(c.validate().is_ok());
     }
 
     #[test]
@@ -405,10 +433,10 @@ mod tests {
         };
         assert_eq!(
             kernel_cmdline(Paging::Five, &g).unwrap(),
-            "console=ttyS0 panic=-1 quiet loglevel=4 amdvi.filter=fork* amdvi.args=\"-v --seed 3\" amdvi.modparams=notifier_mode=end_only dyndbg=+p"
+            "console=ttyS0 panic=-1 quiet loglevel=5 amdvi.filter=fork* amdvi.args=\"-v --seed 3\" amdvi.modparams=notifier_mode=end_only dyndbg=+p"
         );
         let plain = kernel_cmdline(Paging::Four, &GuestArgs::default()).unwrap();
-        assert_eq!(plain, "console=ttyS0 panic=-1 quiet loglevel=4 no5lvl");
+        assert_eq!(plain, "console=ttyS0 panic=-1 quiet loglevel=5 no5lvl");
         let bad = GuestArgs {
             args: Some("say \"hi\"".into()),
             ..GuestArgs::default()

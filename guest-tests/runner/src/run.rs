@@ -460,8 +460,9 @@ fn run(args: &Args) -> Result<i32> {
             ));
         }
         warn!(
-            "--accel kvm: nested KVM is known to fail early in boot on the project's build \
-             machines (QEMU then hangs until --timeout); --accel tcg is the tested path"
+            "--accel kvm: nested KVM is known to fail on the project's build machines \
+             (QEMU aborts on MSR 0x10a with -cpu max, or hangs early in boot until --timeout); \
+             --accel tcg is the tested path"
         );
     }
     let paging = if args.paging == 4 {
