@@ -1020,7 +1020,7 @@ const struct scenario scenarios[] = {
 	  "bound child exits / is killed with accesses in flight" },
 	{ "unbind_inflight", t_unbind_inflight, SC_RACE, 0,
 	  "unbind a PASID with a stream and accesses in flight" },
-	{ "cow_notifier_order", t_cow_notifier_order, SC_RACE, 5,
+	{ "cow_notifier_order", t_cow_notifier_order, SC_RACE, 8,
 	  "negative control: COW repeated; notifier_mode=end_only must show R1" },
 };
 
