@@ -1,0 +1,36 @@
+//! amdvi-sim: ordering scripts for mmu_notifier invalidations against the
+//! asynchronous page-table walker of the iommu-dev model.
+//!
+//! A script (`docs/ordering-scripts.md`) lists CPU steps on one PASID's page
+//! table, the invalidations the kernel issues, and device threads. The
+//! simulator runs the CPU steps in order and explores every interleaving of
+//! them with the IOMMU command processor and the device threads, applying
+//! the coherence oracle and data checks at every device access and the
+//! audit once the CPU sequence is done. The verdict is SAFE, or UNSAFE with
+//! the shortest counterexample drawn as a CPU | IOMMU/device timeline.
+
+pub mod explore;
+pub mod machine;
+pub mod report;
+pub mod script;
+
+pub use explore::{explore, literal, Literal, Outcome};
+pub use report::{literal_verdict, verdict, Verdict};
+pub use script::{load, parse, parse_fault, Expect, Kind, ParseError, Script};
+
+/// Default bound on explored executions per script.
+pub const DEFAULT_MAX_EXECUTIONS: u64 = 2_000_000;
+
+/// Explore a parsed script and render its report; `true` when the verdict
+/// matches the script's expectations.
+pub fn run_script(
+    s: &Script,
+    faults: &[iommu_dev::FaultRule],
+    max: u64,
+    verbose: bool,
+) -> (Outcome, String, bool) {
+    let o = explore(s, faults, max);
+    let prog = machine::Program::new(s, faults);
+    let (text, ok) = report::explore_report(s, &o, &prog.invs, verbose);
+    (o, text, ok)
+}
