@@ -143,3 +143,134 @@ pub fn write_response(mem: &Mem, writable: &[(u64, u32)], bytes: &[u8]) -> u32 {
     }
     done as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::Bytes;
+
+    const F_NEXT: u16 = 1;
+    const F_WRITE: u16 = 2;
+
+    fn mem() -> Mem {
+        iommu_dev::mem::anon(0x40_0000)
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    /// Parse the chain made of `descs` (NEXT flags are added).
+    fn parse_descs(m: &Mem, descs: &[RawDescriptor]) -> Parsed {
+        let q = MockSplitQueue::new(m, 16);
+        let chain = q.build_desc_chain(descs).unwrap();
+        parse(m, chain)
+    }
+
+    #[test]
+    fn gathers_split_readable_part() {
+        let m = mem();
+        m.write_slice(&[1, 2, 3], GuestAddress(0x10_0000)).unwrap();
+        m.write_slice(&[4, 5], GuestAddress(0x20_0000)).unwrap();
+        let p = parse_descs(
+            &m,
+            &[
+                desc(0x10_0000, 3, 0),
+                desc(0x20_0000, 2, 0),
+                desc(0x30_0000, 8, F_WRITE),
+                desc(0x30_1000, 100, F_WRITE),
+            ],
+        );
+        assert_eq!(p.error, None);
+        assert_eq!(p.readable, vec![1, 2, 3, 4, 5]);
+        assert_eq!(p.writable, vec![(0x30_0000, 8), (0x30_1000, 100)]);
+        assert_eq!(p.writable_len(), 108);
+        assert_eq!(p.readable_gpa(0), 0x10_0000);
+        assert_eq!(p.readable_gpa(2), 0x10_0002);
+        assert_eq!(p.readable_gpa(3), 0x20_0000);
+        assert_eq!(p.readable_gpa(4), 0x20_0001);
+        // The response spans the writable descriptors.
+        let n = write_response(&m, &p.writable, &[9u8; 12]);
+        assert_eq!(n, 12);
+        let mut b = [0u8; 4];
+        m.read_slice(&mut b, GuestAddress(0x30_1000)).unwrap();
+        assert_eq!(b, [9; 4]);
+    }
+
+    #[test]
+    fn wrong_direction() {
+        let m = mem();
+        let p = parse_descs(
+            &m,
+            &[
+                desc(0x10_0000, 8, 0),
+                desc(0x30_0000, 8, F_WRITE),
+                desc(0x10_1000, 8, 0),
+            ],
+        );
+        assert_eq!(p.error, Some(ChainError::WrongDirection));
+        assert_eq!(p.writable_len(), 8, "a status can still be written");
+    }
+
+    #[test]
+    fn outside_memory() {
+        let m = mem();
+        let p = parse_descs(&m, &[desc(0x3f_fffc, 8, 0), desc(0x30_0000, 8, F_WRITE)]);
+        assert_eq!(
+            p.error,
+            Some(ChainError::OutsideMemory {
+                gpa: 0x3f_fffc,
+                len: 8
+            })
+        );
+        let p = parse_descs(&m, &[desc(0x10_0000, 8, 0), desc(0x40_0000, 8, F_WRITE)]);
+        assert!(matches!(p.error, Some(ChainError::OutsideMemory { .. })));
+        assert_eq!(p.writable_len(), 0, "nowhere to write");
+        let p = parse_descs(&m, &[desc(u64::MAX - 3, 8, 0), desc(0x30_0000, 8, F_WRITE)]);
+        assert!(matches!(p.error, Some(ChainError::OutsideMemory { .. })));
+    }
+
+    #[test]
+    fn too_long() {
+        let m = mem();
+        let p = parse_descs(
+            &m,
+            &[
+                desc(0x10_0000, 0x1_0000, 0),
+                desc(0x20_0000, 0x1_0000, 0),
+                desc(0x30_0000, 8, F_WRITE),
+            ],
+        );
+        assert_eq!(p.error, Some(ChainError::TooLong));
+        assert!(p.readable.is_empty());
+    }
+
+    #[test]
+    fn writable_only_and_zero_length() {
+        let m = mem();
+        let p = parse_descs(&m, &[desc(0x30_0000, 24, F_WRITE)]);
+        assert_eq!(p.error, None);
+        assert!(p.readable.is_empty() && p.readable_segs.is_empty());
+        let p = parse_descs(&m, &[desc(0x10_0000, 0, 0), desc(0x30_0000, 8, F_WRITE)]);
+        assert_eq!(p.error, None);
+        assert!(p.readable.is_empty());
+    }
+
+    #[test]
+    fn looping_chain_ends() {
+        // A chain whose last descriptor points back at the first: the
+        // iterator stops after queue-size descriptors and parsing ends.
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 4);
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(0x10_0000, 8, F_NEXT, 1)),
+            RawDescriptor::from(SplitDescriptor::new(0x10_0000, 8, F_NEXT, 0)),
+        ];
+        let chain = q.build_multiple_desc_chains(&descs).unwrap();
+        let p = parse(&m, chain);
+        assert_eq!(p.error, None);
+        assert_eq!(p.readable.len(), 8 * 4, "bounded by the queue size");
+    }
+}

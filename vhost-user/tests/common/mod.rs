@@ -337,6 +337,11 @@ impl Guest {
     }
 
     pub fn connect_with(d: &Daemon, event_idx: bool) -> Guest {
+        Self::connect_path(&d.sock, event_idx)
+    }
+
+    /// Connect to a daemon listening on `sock`.
+    pub fn connect_path(sock: &std::path::Path, event_idx: bool) -> Guest {
         let file = memfd(MEM_SIZE);
         let mem = Mem::from_ranges_with_files([(
             GuestAddress(0),
@@ -346,7 +351,7 @@ impl Guest {
         .unwrap();
         let end = Instant::now() + Duration::from_secs(5);
         let mut fe = loop {
-            match Frontend::connect(&d.sock, w::NUM_QUEUES as u64) {
+            match Frontend::connect(sock, w::NUM_QUEUES as u64) {
                 Ok(f) => break f,
                 Err(e) if Instant::now() < end => {
                     let _ = e;
@@ -573,6 +578,7 @@ impl Guest {
         self.wait(t)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn endpoint_ticket(
         &mut self,
         devid: u16,
@@ -603,6 +609,7 @@ impl Guest {
         self.submit(w::req::ENDPOINT, &b, room)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn endpoint(
         &mut self,
         devid: u16,
