@@ -61,6 +61,17 @@ fn find_root() -> PathBuf {
     built.canonicalize().unwrap_or(built)
 }
 
+/// `path` relative to the working directory when it lies below it (shorter
+/// command lines, and ones a README can quote), else as it is.
+fn short(path: &Path) -> PathBuf {
+    let abs = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| abs.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .filter(|rel| !rel.as_os_str().is_empty())
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
@@ -446,7 +457,7 @@ fn run(args: &Args) -> Result<i32> {
     let build_dir = args.build_dir.clone().unwrap_or_else(|| root.join("build"));
     std::fs::create_dir_all(&build_dir)
         .map_err(|e| io_err(format!("creating {}", build_dir.display()), e))?;
-    let build_dir = build_dir.canonicalize().unwrap_or(build_dir);
+    let build_dir = short(&build_dir.canonicalize().unwrap_or(build_dir));
 
     let (release, kernel_image) = resolve_kernel(args)?;
     let (qemu_banner, qemu_ver) = qemu_version(&args.qemu)?;
@@ -493,11 +504,11 @@ fn run(args: &Args) -> Result<i32> {
     let config = args
         .config
         .clone()
-        .unwrap_or_else(|| root.join("configs/default.toml"));
+        .unwrap_or_else(|| short(&root.join("configs/default.toml")));
     let daemon = args
         .daemon
         .clone()
-        .unwrap_or_else(|| root.join("target/release/vhost-device-amdvi"));
+        .unwrap_or_else(|| short(&root.join("target/release/vhost-device-amdvi")));
     let daemon_argv: Vec<String> = vec![
         daemon.display().to_string(),
         "--socket-path".into(),
