@@ -219,6 +219,47 @@ static int run_scenario(const struct scenario *sc, unsigned int n,
 	return c.failed ? 1 : c.skipped ? 4 : 0;
 }
 
+/* Module and device counters after the suite, as one diagnostic line. */
+static void print_stats(void)
+{
+	struct amdvi_ioc_stats st;
+	int fd = dev_open();
+
+	if (fd < 0)
+		return;
+	if (!dev_stats(fd, &st) && st.nmod >= AMDVI_MC_EVENT_TYPE0) {
+		printf("# module: notifier start=%llu end=%llu secondary=%llu release=%llu; flushes range=%llu pasid=%llu; commands=%llu completion_waits=%llu timeouts=%llu errors=%llu; ppr entries=%llu groups=%llu ok=%llu invalid=%llu; events=%llu; binds=%llu\n",
+		       (unsigned long long)st.mod[AMDVI_MC_NOTIF_START],
+		       (unsigned long long)st.mod[AMDVI_MC_NOTIF_END],
+		       (unsigned long long)st.mod[AMDVI_MC_NOTIF_SECONDARY],
+		       (unsigned long long)st.mod[AMDVI_MC_NOTIF_RELEASE],
+		       (unsigned long long)st.mod[AMDVI_MC_FLUSH_RANGE],
+		       (unsigned long long)st.mod[AMDVI_MC_FLUSH_ALL],
+		       (unsigned long long)st.mod[AMDVI_MC_CMDS],
+		       (unsigned long long)st.mod[AMDVI_MC_COMP_WAITS],
+		       (unsigned long long)st.mod[AMDVI_MC_COMP_WAIT_TIMEOUTS],
+		       (unsigned long long)st.mod[AMDVI_MC_CMD_ERRORS],
+		       (unsigned long long)st.mod[AMDVI_MC_PPR_ENTRIES],
+		       (unsigned long long)st.mod[AMDVI_MC_PPR_GROUPS],
+		       (unsigned long long)st.mod[AMDVI_MC_PPR_SUCCESS],
+		       (unsigned long long)st.mod[AMDVI_MC_PPR_INVALID],
+		       (unsigned long long)st.mod[AMDVI_MC_EVENTS],
+		       (unsigned long long)st.mod[AMDVI_MC_BINDS]);
+		if (st.ndev > 21)
+			printf("# device: requests=%llu commands=%llu walks=%llu page_requests=%llu prg_responses=%llu iommu_invalidations=%llu atc_invalidations=%llu oracle_findings=%llu illegal_commands=%llu\n",
+			       (unsigned long long)st.dev[0],
+			       (unsigned long long)st.dev[2],
+			       (unsigned long long)st.dev[4],
+			       (unsigned long long)st.dev[12],
+			       (unsigned long long)st.dev[13],
+			       (unsigned long long)st.dev[18],
+			       (unsigned long long)st.dev[19],
+			       (unsigned long long)st.dev[20],
+			       (unsigned long long)st.dev[21]);
+	}
+	close(fd);
+}
+
 int harness_main(int argc, char **argv)
 {
 	const char *filters[16];
@@ -286,6 +327,7 @@ int harness_main(int argc, char **argv)
 		any_fail |= ret == 1;
 		any_pass |= ret == 0;
 	}
+	print_stats();
 	if (any_fail)
 		return 1;
 	return (any_pass || !planned) ? 0 : 4;
