@@ -69,9 +69,16 @@ pub fn judge(report: &Report, obs: &Observations) -> Verdict {
     for e in &obs.init_errors {
         problems.push(format!("init: {e}"));
     }
+    let passed = report.count(Status::Pass);
+    let failed = report.count(Status::Fail);
+    let skipped = report.count(Status::Skip);
     match obs.guest_exit {
         None => problems.push("the guest never printed `amdvi-exit: N`".to_string()),
         Some(0) | Some(4) => {}
+        // A failure the KTAP names is counted once, as that test.
+        Some(1) if failed > 0 => {}
+        // A suite that fails without saying which test failed still failed.
+        Some(1) => problems.push("the suite exited with 1 but no test failed".to_string()),
         Some(n) => problems.push(format!("the suite exited with {n}")),
     }
     if obs.repeated_exit {
@@ -87,13 +94,6 @@ pub fn judge(report: &Report, obs: &Observations) -> Verdict {
     }
     for e in &report.errors {
         problems.push(format!("KTAP: {e}"));
-    }
-    let passed = report.count(Status::Pass);
-    let failed = report.count(Status::Fail);
-    let skipped = report.count(Status::Skip);
-    // A suite that fails without saying which test failed is still a failure.
-    if failed == 0 && problems.is_empty() && obs.guest_exit == Some(1) {
-        problems.push("the suite exited with 1 but no test failed".to_string());
     }
     let exit_code = if failed > 0 || !problems.is_empty() {
         1
@@ -256,6 +256,12 @@ mod tests {
         o.guest_exit = Some(1);
         let v = judge(&report(&text), &o);
         assert_eq!(v.failed, 1);
+        assert_eq!(v.exit_code, 1);
+        // The failure is counted once, not again for the exit code.
+        assert_eq!(v.problems, Vec::<String>::new());
+        assert_eq!(v.closing_line(), "amdvi-run: 0 passed, 1 failed, 1 skipped");
+        // A guest that says 0 while a test failed still fails the run.
+        let v = judge(&report(&text), &obs());
         assert_eq!(v.exit_code, 1);
         // Missing results are a problem even when the guest says 0.
         let v = judge(&report("KTAP version 1\n1..3\n"), &obs());

@@ -802,6 +802,19 @@ fn run(args: &Args) -> Result<i32> {
     } else {
         print!("{}", report::table(&report.results, &host_secs));
     }
+    for t in report.results.iter().filter(|t| t.status == Status::Fail) {
+        // The suite's own words about a failure, shortened.
+        for d in t.diagnostics.iter().take(5) {
+            println!("  {}: # {d}", t.name);
+        }
+        if t.diagnostics.len() > 5 {
+            println!(
+                "  {}: ({} more lines in the console log)",
+                t.name,
+                t.diagnostics.len() - 5
+            );
+        }
+    }
     if !verdict.problems.is_empty() {
         println!("problems:");
         for p in &verdict.problems {
