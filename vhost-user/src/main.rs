@@ -8,11 +8,13 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use clap::Parser;
 use vhost_device_amdvi::{start_backend, DaemonConfig, Options, StopSignal};
 
-/// vhost-user backend for an emulated AMD IOMMUv2-like unit with ATS
-/// endpoints (virtio carrier: QEMU's vhost-user-gpio-pci or
-/// vhost-user-test-device-pci). The daemon listens on the socket; QEMU
-/// connects. Connections are served one after another, each with a freshly
-/// reset device, until SIGINT or SIGTERM.
+/// vhost-user backend: an emulated AMD IOMMUv2-like unit with ATS endpoints.
+///
+/// Carried by QEMU's vhost-user-gpio-pci (QEMU 10.0) or
+/// vhost-user-test-device-pci (QEMU >= 10.2); the guest protocol is
+/// docs/protocol.md. The daemon listens on the socket and QEMU connects.
+/// Connections are served one after another, each with a freshly reset
+/// device, until SIGINT or SIGTERM (statistics are written at exit).
 #[derive(Parser, Debug)]
 #[command(name = "vhost-device-amdvi", version)]
 struct Args {
