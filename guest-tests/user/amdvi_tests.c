@@ -13,6 +13,7 @@
  *      device reads see CPU writes that completed before them.
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -731,6 +732,28 @@ static void t_mremap_move(struct ctx *c)
 
 /* ---- THP ---- */
 
+/* AnonHugePages (kB) of the mapping holding @addr, -1 if unknown */
+static long anon_huge_kb(const void *addr)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	unsigned long lo, hi, a = (uintptr_t)addr;
+	char line[256];
+	long kb = -1;
+	bool in = false;
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f)) {
+		if (isxdigit((unsigned char)line[0]) &&
+		    sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+			in = a >= lo && a < hi;
+		else if (in && sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+			break;
+	}
+	fclose(f);
+	return kb;
+}
+
 static void t_thp_collapse(struct ctx *c)
 {
 	const unsigned int n = HPAGE_SZ / PAGE_SZ;
@@ -763,6 +786,7 @@ static void t_thp_collapse(struct ctx *c)
 	CHECK(c, !ret, "MADV_COLLAPSE: expected success, saw %s",
 	      strerror(errno));
 	epoch_bump(c);
+	diag(c, "after MADV_COLLAPSE: AnonHugePages %ld kB", anon_huge_kb(buf));
 	audit(c, c->pasid, buf, HPAGE_SZ, "MADV_COLLAPSE");
 	msleep(20);
 	stream_end(c, sid, &k);
@@ -787,6 +811,10 @@ static void t_thp_split(struct ctx *c)
 	REQUIRE(c, buf, "expected memory, saw allocation failure");
 	madvise(buf, HPAGE_SZ, MADV_HUGEPAGE);
 	fill_words(buf, HPAGE_SZ, 14);
+	if (anon_huge_kb(buf) < 2048)	/* THP off at fault time: make one */
+		madvise(buf, HPAGE_SZ, MADV_COLLAPSE);
+	diag(c, "before the split: AnonHugePages %ld kB%s", anon_huge_kb(buf),
+	     anon_huge_kb(buf) < 2048 ? " (no THP: split path not exercised)" : "");
 	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
 		.va = buf, .len = HPAGE_SZ, .stride = PAGE_SZ, .rd = 1, .wr = 1,
 		.rate = c->rate, .write_value = WV_BASE });
