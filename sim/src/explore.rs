@@ -1,15 +1,17 @@
 //! Exhaustive exploration of the interleavings of a script's actors, and the
 //! literal run.
 //!
-//! Every interleaving is replayed from scratch on a fresh model (the state
-//! is a few hundred KiB). Reduction (sound, partial-order): two adjacent
-//! steps of different actors whose footprints do not conflict give the same
-//! outcome in either order, so only the order with the lower actor first is
-//! explored (CPU < IOMMU < devices). Every equivalence class of
-//! interleavings keeps its lexicographically least member, which has no such
-//! descending pair, so every outcome is still reached. Loops are bounded by
-//! the script and a miss retries at most `retries` times, so the tree is
-//! finite.
+//! Every interleaving is replayed from the initial state on the model (the
+//! state is a few hundred KiB; a branch replays its prefix). Reduction
+//! (sound, partial-order, sleep sets): two steps of different actors whose
+//! footprints (what they read and write: page-table entries, A/D bits,
+//! IOTLB, each ATC, the command queue, each data page, each VA word) do not
+//! conflict give the same outcome in either order, so of two interleavings
+//! that differ only in the order of such steps one is explored. Every
+//! class of equivalent interleavings keeps a fully explored member, and
+//! every finding is a property of the class, so verdicts, counts per class
+//! member and redundancy are unchanged. Loops are bounded by the script and
+//! a miss retries at most `retries` times, so the tree is finite.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -47,6 +49,9 @@ pub struct Outcome {
     pub inv_runs: Vec<u64>,
     pub inv_removed: Vec<u64>,
     pub error: Option<String>,
+    /// Paths cut because every remaining choice was asleep (equivalent to
+    /// an explored interleaving).
+    pub blocked: u64,
 }
 
 impl Outcome {
@@ -90,15 +95,14 @@ pub fn cone(recs: &[Rec], at: usize) -> Vec<usize> {
     (0..=at).filter(|&i| keep[i]).collect()
 }
 
-struct Dfs<'a> {
-    script: &'a Script,
-    prog: &'a Program,
+struct Dfs {
     max: u64,
+    reduce: bool,
     out: Outcome,
 }
 
-impl<'a> Dfs<'a> {
-    fn leaf(&mut self, e: &mut Exec<'a>) {
+impl Dfs {
+    fn leaf(&mut self, e: &mut Exec<'_>) {
         e.finish();
         let o = &mut self.out;
         o.executions += 1;
@@ -138,7 +142,10 @@ impl<'a> Dfs<'a> {
         }
     }
 
-    fn dfs(&mut self, e: &mut Exec<'a>, sched: &mut Vec<usize>, last: Option<(usize, Fp)>) {
+    /// Depth-first over the choices, with sleep sets: a sibling explored
+    /// earlier stays asleep below while it is independent of the steps
+    /// taken, since running it later gives an equivalent interleaving.
+    fn dfs(&mut self, e: &mut Exec<'_>, sched: &mut Vec<usize>, sleep: Vec<(usize, Fp)>) {
         let cands: Vec<_> = (0..e.actors())
             .filter_map(|a| e.next_fp(a).map(|f| (a, f)))
             .collect();
@@ -146,38 +153,56 @@ impl<'a> Dfs<'a> {
             self.leaf(e);
             return;
         }
-        let mut first = true;
+        let mut done: Vec<(usize, Fp)> = Vec::new();
+        let mut fresh = true;
         for (a, fp) in cands {
-            if let Some((la, lfp)) = last {
-                if la > a && !lfp.conflicts(&fp) {
-                    continue;
-                }
+            if self.reduce && sleep.iter().any(|(b, _)| *b == a) {
+                continue;
             }
             if self.out.executions >= self.max {
                 self.out.truncated = true;
                 return;
             }
-            if !first {
-                *e = Exec::replay(self.script, self.prog, sched);
+            if !fresh {
+                e.replay_into(sched);
             }
-            first = false;
+            fresh = false;
+            let below: Vec<(usize, Fp)> = if self.reduce {
+                sleep
+                    .iter()
+                    .chain(done.iter())
+                    .filter(|(_, f)| !f.conflicts(&fp))
+                    .copied()
+                    .collect()
+            } else {
+                Vec::new()
+            };
             e.step(a);
             sched.push(a);
-            self.dfs(e, sched, Some((a, fp)));
+            self.dfs(e, sched, below);
             sched.pop();
+            done.push((a, fp));
+        }
+        if fresh {
+            self.out.blocked += 1;
         }
     }
 }
 
-/// Explore every interleaving (up to `max` executions).
+/// Explore every interleaving (up to `max` executions), with the reduction.
 pub fn explore(s: &Script, extra_faults: &[FaultRule], max: u64) -> Outcome {
+    explore_with(s, extra_faults, max, true)
+}
+
+/// Explore with or without the partial-order reduction (without it, every
+/// interleaving is run: for cross-checking the reduction).
+pub fn explore_with(s: &Script, extra_faults: &[FaultRule], max: u64, reduce: bool) -> Outcome {
     let t0 = Instant::now();
     let prog = Program::new(s, extra_faults);
     let n = prog.invs.len();
     let mut d = Dfs {
-        script: s,
-        prog: &prog,
         max,
+        reduce,
         out: Outcome {
             inv_runs: vec![0; n],
             inv_removed: vec![0; n],
@@ -185,7 +210,7 @@ pub fn explore(s: &Script, extra_faults: &[FaultRule], max: u64) -> Outcome {
         },
     };
     let mut e = Exec::new(s, &prog);
-    d.dfs(&mut e, &mut Vec::new(), None);
+    d.dfs(&mut e, &mut Vec::new(), Vec::new());
     d.out.elapsed = t0.elapsed();
     d.out
 }

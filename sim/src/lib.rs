@@ -14,7 +14,7 @@ pub mod machine;
 pub mod report;
 pub mod script;
 
-pub use explore::{explore, literal, Literal, Outcome};
+pub use explore::{explore, explore_with, literal, Literal, Outcome};
 pub use report::{literal_verdict, verdict, Verdict};
 pub use script::{load, parse, parse_fault, Expect, Kind, ParseError, Script};
 
@@ -27,9 +27,10 @@ pub fn run_script(
     s: &Script,
     faults: &[iommu_dev::FaultRule],
     max: u64,
+    reduce: bool,
     verbose: bool,
 ) -> (Outcome, String, bool) {
-    let o = explore(s, faults, max);
+    let o = explore_with(s, faults, max, reduce);
     let prog = machine::Program::new(s, faults);
     let (text, ok) = report::explore_report(s, &o, &prog.invs, verbose);
     (o, text, ok)

@@ -65,23 +65,32 @@ pub mod res {
     pub const DATA_ALL: u128 = !0u128 << 64;
 }
 
-/// What a step reads and writes.
+/// What a step reads and writes. `c` are commuting updates: cache fills
+/// and A/D updates by translations, which leave the same state and give the
+/// same results in either order (the caches are far from full, a fill only
+/// adds what a walk of the current tables yields, A/D bits are only set),
+/// so two such updates do not conflict with each other, only with reads and
+/// writes of the same resource.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fp {
     pub r: u128,
     pub w: u128,
+    pub c: u128,
 }
 
 impl Fp {
-    pub const NONE: Fp = Fp { r: 0, w: 0 };
+    pub const NONE: Fp = Fp { r: 0, w: 0, c: 0 };
 
     fn rw(r: u128, w: u128) -> Fp {
-        Fp { r: r | w, w }
+        Fp { r: r | w, w, c: 0 }
     }
 
     /// Whether the two steps may not be swapped.
     pub fn conflicts(&self, o: &Fp) -> bool {
-        self.w & o.r != 0 || o.w & self.r != 0
+        self.w & (o.r | o.w | o.c) != 0
+            || o.w & (self.r | self.c) != 0
+            || self.c & o.r != 0
+            || o.c & self.r != 0
     }
 }
 
@@ -394,11 +403,6 @@ fn leaf_bits(perms: Perms) -> u64 {
 impl<'p> Exec<'p> {
     pub fn new(script: &'p Script, prog: &'p Program) -> Exec<'p> {
         let mem = mem::anon(MEM_SIZE);
-        for (i, (_, v)) in script.pages.iter().enumerate() {
-            if *v != 0 {
-                fill(&mem, page_gpa(i), *v);
-            }
-        }
         let cfg = IommuConfig {
             endpoints: script.devices.iter().map(|d| d.devid).collect(),
             iotlb_entries: 256,
@@ -413,34 +417,6 @@ impl<'p> Exec<'p> {
             ..IommuConfig::default()
         };
         let iommu = Iommu::new(cfg, GuestMemoryAtomic::new(mem.clone()));
-        let cr3 = PT_POOL;
-        for d in &script.devices {
-            let dte = Dte::encode_v2(DOMAIN_ID, GCR3_GPA, 0, true, false);
-            for (i, q) in dte.0.iter().enumerate() {
-                mem::store_u64(
-                    &mem,
-                    DEVTAB_GPA + u64::from(d.devid) * Dte::SIZE + 8 * i as u64,
-                    *q,
-                )
-                .expect("DTE in RAM");
-            }
-        }
-        mem::store_u64(
-            &mem,
-            GCR3_GPA + 8 * u64::from(script.pasid),
-            cr3 | GCR3_VALID,
-        )
-        .expect("GCR3 in RAM");
-        use iommu_dev::control;
-        iommu
-            .set_device_table(
-                DevTableBase::encode(DEVTAB_GPA, 1),
-                control::IOMMU_EN | control::GT_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN,
-            )
-            .expect("device table");
-        for f in &prog.faults {
-            iommu.faults().add(f.clone());
-        }
         let removed = Arc::new(Removed::default());
         iommu.set_tracer(Some(removed.clone()));
         let mut e = Exec {
@@ -451,25 +427,90 @@ impl<'p> Exec<'p> {
             removed,
             cpu_pc: 0,
             queue: VecDeque::new(),
-            devs: vec![
-                DevState {
-                    pc: 0,
-                    mode: Mode::Normal
-                };
-                script.devices.len()
-            ],
+            devs: Vec::new(),
             freed: 0,
-            expected: vec![None; script.words.len()],
-            cr3,
-            next_table: cr3 + 0x1000,
-            inv_removed: vec![0; prog.invs.len()],
+            expected: Vec::new(),
+            cr3: PT_POOL,
+            next_table: PT_POOL + 0x1000,
+            inv_removed: Vec::new(),
             log: Vec::new(),
             error: None,
         };
-        for &(va, page, perms) in &script.init_maps {
-            e.map(va, page, perms, true);
-        }
+        e.setup();
         e
+    }
+
+    /// Back to the initial state of the script (cheaper than `new`).
+    pub fn reset(&mut self) {
+        self.iommu.reset();
+        self.iommu.faults().clear();
+        mem::write(&self.mem, 0, &vec![0u8; MEM_SIZE]).expect("guest memory");
+        self.setup();
+    }
+
+    fn setup(&mut self) {
+        let (script, prog) = (self.script, self.prog);
+        let mem = &self.mem;
+        for (i, (_, v)) in script.pages.iter().enumerate() {
+            if *v != 0 {
+                fill(mem, page_gpa(i), *v);
+            }
+        }
+        let cr3 = PT_POOL;
+        for d in &script.devices {
+            let dte = Dte::encode_v2(DOMAIN_ID, GCR3_GPA, 0, true, false);
+            for (i, q) in dte.0.iter().enumerate() {
+                mem::store_u64(
+                    mem,
+                    DEVTAB_GPA + u64::from(d.devid) * Dte::SIZE + 8 * i as u64,
+                    *q,
+                )
+                .expect("DTE in RAM");
+            }
+        }
+        mem::store_u64(
+            mem,
+            GCR3_GPA + 8 * u64::from(script.pasid),
+            cr3 | GCR3_VALID,
+        )
+        .expect("GCR3 in RAM");
+        use iommu_dev::control;
+        self.iommu
+            .set_device_table(
+                DevTableBase::encode(DEVTAB_GPA, 1),
+                control::IOMMU_EN | control::GT_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN,
+            )
+            .expect("device table");
+        for f in &prog.faults {
+            self.iommu.faults().add(f.clone());
+        }
+        self.cpu_pc = 0;
+        self.queue.clear();
+        self.devs = vec![
+            DevState {
+                pc: 0,
+                mode: Mode::Normal
+            };
+            script.devices.len()
+        ];
+        self.freed = 0;
+        self.expected = vec![None; script.words.len()];
+        self.cr3 = cr3;
+        self.next_table = cr3 + 0x1000;
+        self.inv_removed = vec![0; prog.invs.len()];
+        self.log.clear();
+        self.error = None;
+        for &(va, page, perms) in &script.init_maps {
+            self.map(va, page, perms, true);
+        }
+    }
+
+    /// Replay a schedule (actor per step) from the initial state.
+    pub fn replay_into(&mut self, sched: &[usize]) {
+        self.reset();
+        for &a in sched {
+            self.step(a);
+        }
     }
 
     /// Run a schedule (actor per step) from scratch.
@@ -560,7 +601,7 @@ impl<'p> Exec<'p> {
     /// What the CPU's tables map `va` to now.
     fn cpu_pa(&mut self, va: u64) -> Option<u64> {
         let e = self.pte(va);
-        (e & PTE_P != 0).then(|| (e & ADDR_MASK) | (va & 0xfff))
+        (e & PTE_P != 0).then_some((e & ADDR_MASK) | (va & 0xfff))
     }
 
     fn set_pte(&mut self, va: u64, v: u64) {
@@ -629,9 +670,11 @@ impl<'p> Exec<'p> {
                 let (op, _) = self.prog.devs[d].get(st.pc)?;
                 let atc = res::atc(d);
                 Some(match (op, st.mode) {
-                    (DevOp::Translate { .. }, _) | (_, Mode::Retranslate(_)) => {
-                        Fp::rw(res::PT, res::PT_AD | res::IOTLB | atc)
-                    }
+                    (DevOp::Translate { .. }, _) | (_, Mode::Retranslate(_)) => Fp {
+                        r: res::PT | atc,
+                        w: atc,
+                        c: res::PT_AD | res::IOTLB,
+                    },
                     (DevOp::Read { va }, _) => Fp::rw(
                         atc | res::PT | res::DATA_ALL | res::word(self.word_idx(*va)),
                         0,

@@ -23,6 +23,9 @@ struct Args {
     /// Bound on explored interleavings per script.
     #[arg(long, default_value_t = DEFAULT_MAX_EXECUTIONS)]
     max_executions: u64,
+    /// Run every interleaving, without the partial-order reduction.
+    #[arg(long)]
+    no_reduction: bool,
     /// Print the shortest counterexample of every finding, not only the first.
     #[arg(short, long)]
     verbose: bool,
@@ -50,7 +53,13 @@ fn main() -> ExitCode {
             print!("{text}");
             ok
         } else {
-            let (_, text, ok) = run_script(&s, &args.faults, args.max_executions, args.verbose);
+            let (_, text, ok) = run_script(
+                &s,
+                &args.faults,
+                args.max_executions,
+                !args.no_reduction,
+                args.verbose,
+            );
             print!("{text}");
             ok
         };
