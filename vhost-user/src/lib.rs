@@ -253,7 +253,11 @@ pub fn start_backend(
                 t.flush();
             }
             match r {
-                Ok(()) => log::info!("frontend disconnected"),
+                Ok(())
+                | Err(vhost_user_backend::Error::HandleRequest(
+                    vhost::vhost_user::Error::Disconnected
+                    | vhost::vhost_user::Error::PartialMessage,
+                )) => log::info!("frontend disconnected"),
                 Err(e) => log::warn!("connection ended: {e}"),
             }
         }

@@ -935,7 +935,7 @@ fn guest_device_reset_resets_the_iommu() {
 
 #[test]
 fn many_concurrent_faulting_accesses_do_not_block_others() {
-    let d = Daemon::start("pri_timeout_ms = 400\n");
+    let d = Daemon::start("pri_timeout_ms = 1000\n");
     let mut g = Guest::connect(&d);
     g.setup_iommu();
     g.post_event_buffers(8, 24 * 16);
