@@ -196,7 +196,9 @@ static int run_scenario(const struct scenario *sc, unsigned int n,
 				s.accesses = s.stale = 0;
 				memset(s.r, 0, sizeof(s.r));
 				sc->fn(&s);
-				collect_findings(&s, s.r);
+				collect_findings(&s, r);
+				for (int k = 0; k < 4; k++)
+					s.r[k] += r[k];
 				snprintf(name, sizeof(name), "%s.%d", sc->name,
 					 i);
 				print_result(&s, "  ", i, name, now_ms() - t1);
