@@ -251,7 +251,13 @@ impl VhostUserAmdviBackend {
                 let vring = vring.clone();
                 let mem = self.mem.read().unwrap().memory().into_inner();
                 self.pool.submit(Box::new(move || {
-                    let r = work();
+                    // A bug in the model must not take the worker (and the
+                    // reset that waits for it) down with it.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work))
+                        .unwrap_or_else(|_| {
+                            log::error!("endpoint work panicked");
+                            Response::status(Status::DeviceError)
+                        });
                     let len = chain::write_response(&mem, &p.writable, &r.to_bytes());
                     if let Err(e) = vring.add_used(p.head, len) {
                         log::warn!("cannot return request {}: {e:?}", p.head);
@@ -416,8 +422,8 @@ impl VhostUserBackend for VhostUserAmdviBackend {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+        if !evset.contains(EventSet::IN) {
+            log::debug!("event {device_event} with event set {evset:?}");
         }
         let started = Instant::now();
         match (thread_id, u64::from(device_event)) {

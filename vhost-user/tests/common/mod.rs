@@ -176,13 +176,22 @@ impl Vq {
 
     /// Put a chain (gpa, len, device-writable) on the ring and kick.
     pub fn add(&mut self, mem: &Mem, bufs: &[(u64, u32, bool)]) -> u16 {
+        let b: Vec<(u64, u32, u16)> = bufs
+            .iter()
+            .map(|&(g, l, wr)| (g, l, if wr { VRING_DESC_F_WRITE } else { 0 }))
+            .collect();
+        self.add_flags(mem, &b)
+    }
+
+    /// As [`Vq::add`] with raw descriptor flags (NEXT is added).
+    pub fn add_flags(&mut self, mem: &Mem, bufs: &[(u64, u32, u16)]) -> u16 {
         assert!(
             !bufs.is_empty() && bufs.len() <= self.free.len(),
             "ring full"
         );
         let idx: Vec<u16> = (0..bufs.len()).map(|_| self.free.pop().unwrap()).collect();
-        for (i, &(gpa, len, wr)) in bufs.iter().enumerate() {
-            let mut flags = if wr { VRING_DESC_F_WRITE } else { 0 };
+        for (i, &(gpa, len, f)) in bufs.iter().enumerate() {
+            let mut flags = f;
             let next = if i + 1 < bufs.len() {
                 flags |= VRING_DESC_F_NEXT;
                 idx[i + 1]
@@ -206,6 +215,11 @@ impl Vq {
         fence(Ordering::SeqCst);
         self.kick.write(1).unwrap();
         head
+    }
+
+    /// Put one VIRTQ_DESC_F_INDIRECT descriptor on the ring and kick.
+    pub fn add_indirect(&mut self, mem: &Mem, table: u64, len: u32) -> u16 {
+        self.add_flags(mem, &[(table, len, 4)])
     }
 
     /// Collect used entries.
@@ -532,6 +546,11 @@ impl Guest {
     /// Submit a hand-made chain; returns the head.
     pub fn submit_raw(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
         self.reqq.add(&self.mem, descs)
+    }
+
+    /// Submit a chain made of one indirect descriptor.
+    pub fn submit_indirect(&mut self, table: u64, len: u32) -> u16 {
+        self.reqq.add_indirect(&self.mem, table, len)
     }
 
     pub fn wait_raw(&mut self, head: u16) -> u32 {
