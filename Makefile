@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test test-rust lint fmt bench clean deps run test-vm vm-bins
+.PHONY: all build test test-rust lint fmt bench clean sim deps run test-vm vm-bins
 
 all: build
 
@@ -21,7 +21,15 @@ fmt:
 test-rust:
 	$(CARGO) test --workspace --release
 
-test: lint test-rust
+# Every shipped ordering script (sim/scripts), exhaustively: a verdict per
+# script and each counterexample timeline; fails when a verdict differs from
+# the script's expectation.
+SIM_SCRIPTS ?= $(sort $(wildcard sim/scripts/*.amdvi))
+
+sim:
+	$(CARGO) run --release -q -p amdvi-sim -- $(SIM_SCRIPTS)
+
+test: lint test-rust sim
 
 bench:
 	$(CARGO) bench -p iommu-dev
