@@ -2,12 +2,12 @@
 //! ATC, the in-flight tracking that makes an ATC invalidation wait for the
 //! accesses still using it, and PRI page-request state.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
 use rustc_hash::FxHashMap;
 
+use crate::cache::{remove_range, BoundedMap, SIZES};
 use crate::srange::SRange;
 
 /// An ATS translation completion entry (§8.2).
@@ -93,51 +93,49 @@ impl AtcEntry {
     }
 }
 
-const SIZES: [u8; 3] = [12, 21, 30];
-
-/// The device's address translation cache: bounded, FIFO replacement, one
-/// map per range size keyed by (PASID, page number).
+/// The device's address translation cache: bounded, FIFO replacement,
+/// keyed by (PASID, range size, page number).
 #[derive(Debug)]
 pub struct Atc {
-    capacity: usize,
-    maps: [FxHashMap<(u32, u64), AtcEntry>; 3],
-    fifo: VecDeque<(u32, u8, u64)>,
+    map: BoundedMap<(u32, u8, u64), AtcEntry>,
 }
 
 impl Atc {
     pub fn new(capacity: usize) -> Self {
         Atc {
-            capacity,
-            maps: Default::default(),
-            fifo: VecDeque::new(),
+            map: BoundedMap::new(capacity),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.maps.iter().map(|m| m.len()).sum()
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.map.is_empty()
     }
 
     pub fn lookup(&self, pasid: u32, va: u64) -> Option<AtcEntry> {
         SIZES
             .iter()
-            .zip(&self.maps)
-            .find_map(|(s, m)| m.get(&(pasid, va >> s)).copied())
+            .find_map(|&s| self.map.get(&(pasid, s, va >> s)).copied())
     }
 
     /// Store a successful completion. Completions larger than 1 GiB are
-    /// cached as 1 GiB (the device may cache less than it was given).
+    /// cached as the 1 GiB slice containing `va` (a device may cache less
+    /// than it was given).
     pub fn insert(&mut self, pasid: u32, va: u64, c: AtsCompletion) {
-        if self.capacity == 0 || c.is_fault() {
+        if c.is_fault() {
             return;
         }
-        let i = SIZES.iter().rposition(|&s| s <= c.size_log2).unwrap_or(0);
-        let s = SIZES[i];
+        let s = *SIZES
+            .iter()
+            .rev()
+            .find(|&&s| s <= c.size_log2)
+            .unwrap_or(&12);
+        let offset_in_range = va & ((1u64 << c.size_log2.min(63)) - 1) & !((1u64 << s) - 1);
         let completion = AtsCompletion {
-            pa_base: c.pa_base | (va & ((1u64 << c.size_log2) - 1) & !((1u64 << s) - 1)),
+            pa_base: c.pa_base | offset_in_range,
             size_log2: s,
             ..c
         };
@@ -146,60 +144,41 @@ impl Atc {
             va_base: va & !((1u64 << s) - 1),
             completion,
         };
-        if self.maps[i].insert((pasid, va >> s), e).is_none() {
-            self.fifo.push_back((pasid, s, va >> s));
-        }
-        while self.len() > self.capacity {
-            let Some((p, s, pn)) = self.fifo.pop_front() else {
-                break;
-            };
-            let idx = SIZES.iter().position(|&x| x == s).unwrap();
-            self.maps[idx].remove(&(p, pn));
-        }
-        if self.fifo.len() > 4 * self.capacity.max(16) {
-            let maps = &self.maps;
-            self.fifo.retain(|(p, s, pn)| {
-                maps[SIZES.iter().position(|x| x == s).unwrap()].contains_key(&(*p, *pn))
-            });
-        }
+        self.map.insert((pasid, s, va >> s), e);
     }
 
     /// An ATS Invalidate Request: `pasid` None invalidates every PASID's
     /// entries in the range (no PASID prefix).
     pub fn invalidate(&mut self, pasid: Option<u32>, range: &SRange) -> usize {
-        let mut removed = 0;
-        for (i, map) in self.maps.iter_mut().enumerate() {
-            let s = SIZES[i];
-            let (first, last) = (range.base >> s, range.last() >> s);
-            match pasid {
-                Some(p) if last - first < map.len() as u64 => {
-                    for pn in first..=last {
-                        removed += usize::from(map.remove(&(p, pn)).is_some());
-                    }
+        SIZES
+            .iter()
+            .map(|&s| match pasid {
+                Some(p) => remove_range(
+                    &mut self.map,
+                    range,
+                    s,
+                    |pn| (p, s, pn),
+                    |k| (k.0 == p && k.1 == s).then_some(k.2),
+                ),
+                None => {
+                    let (first, last) = (range.base >> s, range.last() >> s);
+                    self.map
+                        .retain(|k, _| !(k.1 == s && (first..=last).contains(&k.2)))
                 }
-                _ => {
-                    let before = map.len();
-                    map.retain(|(ep, pn), _| {
-                        !(pasid.is_none_or(|p| p == *ep) && (first..=last).contains(pn))
-                    });
-                    removed += before - map.len();
-                }
-            }
-        }
-        removed
+            })
+            .sum()
     }
 
     pub fn clear(&mut self) {
-        self.maps.iter_mut().for_each(|m| m.clear());
-        self.fifo.clear();
+        self.map.clear();
     }
 
     /// Entries of `pasid` overlapping `[va, va+len)`.
     pub fn entries(&self, pasid: u32, va: u64, len: u64) -> Vec<AtcEntry> {
         let last = va.saturating_add(len.max(1) - 1);
-        self.maps
+        self.map
             .iter()
-            .flat_map(|m| m.values())
+            .map(|(_, e)| e)
             .filter(|e| {
                 e.pasid == pasid
                     && e.va_base <= last

@@ -3,11 +3,109 @@
 //! fields exactly (§4.3): what must go goes, what must stay stays.
 
 use std::collections::VecDeque;
+use std::hash::Hash;
 
 use rustc_hash::FxHashMap;
 
 use crate::srange::SRange;
 use crate::walker::{Perms, Start, Translation, Upper};
+
+/// A bounded map with FIFO replacement, the storage of every cache here.
+/// The queue is lazy: an item names the insertion it came from, so stale
+/// items (entries removed or replaced since) are skipped, never counted.
+#[derive(Debug)]
+pub struct BoundedMap<K, V> {
+    capacity: usize,
+    map: FxHashMap<K, (V, u64)>,
+    fifo: VecDeque<(K, u64)>,
+    seq: u64,
+}
+
+impl<K: Copy + Eq + Hash, V> BoundedMap<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        BoundedMap {
+            capacity,
+            map: FxHashMap::default(),
+            fifo: VecDeque::new(),
+            seq: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.map.get(k).map(|(v, _)| v)
+    }
+
+    /// Insert or replace; evicts the oldest entries beyond the capacity.
+    pub fn insert(&mut self, k: K, v: V) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.seq += 1;
+        self.map.insert(k, (v, self.seq));
+        self.fifo.push_back((k, self.seq));
+        while self.map.len() > self.capacity {
+            let Some((k, s)) = self.fifo.pop_front() else {
+                break;
+            };
+            if self.map.get(&k).is_some_and(|(_, cur)| *cur == s) {
+                self.map.remove(&k);
+            }
+        }
+        if self.fifo.len() > 2 * self.capacity + 16 {
+            let map = &self.map;
+            self.fifo
+                .retain(|(k, s)| map.get(k).is_some_and(|(_, cur)| cur == s));
+        }
+    }
+
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        self.map.remove(k).map(|(v, _)| v)
+    }
+
+    /// Keep the entries for which `f` is true; returns how many went.
+    pub fn retain(&mut self, mut f: impl FnMut(&K, &V) -> bool) -> usize {
+        let before = self.map.len();
+        self.map.retain(|k, (v, _)| f(k, v));
+        before - self.map.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.map.iter().map(|(k, (v, _))| (k, v))
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.fifo.clear();
+    }
+}
+
+/// Remove the entries of one page size overlapping `range` from a map keyed
+/// by `key(page number)`: probe each page when the range is smaller than the
+/// map, scan otherwise. Single-page cost does not depend on the cache size.
+pub fn remove_range<K: Copy + Eq + Hash, V>(
+    m: &mut BoundedMap<K, V>,
+    range: &SRange,
+    shift: u8,
+    key: impl Fn(u64) -> K,
+    in_scope: impl Fn(&K) -> Option<u64>,
+) -> usize {
+    let (first, last) = (range.base >> shift, range.last() >> shift);
+    if last - first < m.len() as u64 {
+        (first..=last)
+            .filter(|pn| m.remove(&key(*pn)).is_some())
+            .count()
+    } else {
+        m.retain(|k, _| !in_scope(k).is_some_and(|pn| (first..=last).contains(&pn)))
+    }
+}
 
 /// IOTLB tag: guest translations are per (DomainID, PASID).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,172 +136,80 @@ impl From<&Translation> for TlbEntry {
     }
 }
 
-const SIZES: [u8; 3] = [12, 21, 30];
+/// Leaf sizes: 4 KiB, 2 MiB, 1 GiB.
+pub const SIZES: [u8; 3] = [12, 21, 30];
 
-fn size_index(size_log2: u8) -> usize {
-    SIZES
-        .iter()
-        .position(|&s| s == size_log2)
-        .expect("leaf size")
-}
-
-/// Entries of one tag, one map per page size keyed by page number.
-#[derive(Debug, Default)]
-struct PerTag {
-    by_size: [FxHashMap<u64, TlbEntry>; 3],
-}
-
-impl PerTag {
-    fn len(&self) -> usize {
-        self.by_size.iter().map(|m| m.len()).sum()
-    }
-
-    /// Remove entries overlapping `range`; cost is bounded by the smaller of
-    /// the range's page count and the map size, per page size.
-    fn remove_range(&mut self, range: &SRange) -> usize {
-        let mut removed = 0;
-        for (i, map) in self.by_size.iter_mut().enumerate() {
-            let shift = SIZES[i];
-            let first = range.base >> shift;
-            let last = range.last() >> shift;
-            let span = last - first;
-            if span < map.len() as u64 {
-                for pn in first..=last {
-                    removed += usize::from(map.remove(&pn).is_some());
-                }
-            } else {
-                let before = map.len();
-                map.retain(|pn, _| !(first..=last).contains(pn));
-                removed += before - map.len();
-            }
-        }
-        removed
-    }
-}
-
-/// A bounded set-of-maps cache with FIFO replacement.
+/// IOTLB: leaf translations keyed by (tag, page size, page number).
 #[derive(Debug)]
 pub struct Iotlb {
-    capacity: usize,
-    len: usize,
-    tags: FxHashMap<Tag, PerTag>,
-    fifo: VecDeque<(Tag, u8, u64)>,
+    map: BoundedMap<(Tag, u8, u64), TlbEntry>,
 }
 
 impl Iotlb {
     pub fn new(capacity: usize) -> Self {
         Iotlb {
-            capacity,
-            len: 0,
-            tags: FxHashMap::default(),
-            fifo: VecDeque::new(),
+            map: BoundedMap::new(capacity),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.map.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.map.is_empty()
     }
 
     pub fn lookup(&self, tag: Tag, va: u64) -> Option<TlbEntry> {
-        let t = self.tags.get(&tag)?;
-        for (i, map) in t.by_size.iter().enumerate() {
-            if let Some(e) = map.get(&(va >> SIZES[i])) {
-                return Some(*e);
-            }
-        }
-        None
+        SIZES
+            .iter()
+            .find_map(|&s| self.map.get(&(tag, s, va >> s)).copied())
     }
 
     pub fn insert(&mut self, tag: Tag, e: TlbEntry) {
-        if self.capacity == 0 {
-            return;
-        }
-        let i = size_index(e.size_log2);
-        let pn = e.va_base >> e.size_log2;
-        if self.tags.entry(tag).or_default().by_size[i]
-            .insert(pn, e)
-            .is_none()
-        {
-            self.len += 1;
-            self.fifo.push_back((tag, e.size_log2, pn));
-        }
-        while self.len > self.capacity {
-            let Some((t, s, pn)) = self.fifo.pop_front() else {
-                break;
-            };
-            if let Some(per) = self.tags.get_mut(&t) {
-                if per.by_size[size_index(s)].remove(&pn).is_some() {
-                    self.len -= 1;
-                }
-            }
-        }
-        if self.fifo.len() > 4 * self.capacity.max(16) {
-            let tags = &self.tags;
-            self.fifo.retain(|(t, s, pn)| {
-                tags.get(t)
-                    .is_some_and(|p| p.by_size[size_index(*s)].contains_key(pn))
-            });
-        }
+        self.map
+            .insert((tag, e.size_log2, e.va_base >> e.size_log2), e);
     }
 
     /// INVALIDATE_IOMMU_PAGES for guest translations of (DomainID, PASID).
     pub fn invalidate(&mut self, tag: Tag, range: &SRange) -> usize {
-        let Some(per) = self.tags.get_mut(&tag) else {
-            return 0;
-        };
-        let removed = if range.is_everything() {
-            let n = per.len();
-            self.tags.remove(&tag);
-            n
-        } else {
-            let n = per.remove_range(range);
-            if per.len() == 0 {
-                self.tags.remove(&tag);
-            }
-            n
-        };
-        self.len -= removed;
-        removed
+        if range.is_everything() {
+            return self.map.retain(|k, _| k.0 != tag);
+        }
+        SIZES
+            .iter()
+            .map(|&s| {
+                remove_range(
+                    &mut self.map,
+                    range,
+                    s,
+                    |pn| (tag, s, pn),
+                    |k| (k.0 == tag && k.1 == s).then_some(k.2),
+                )
+            })
+            .sum()
     }
 
     /// Every entry of a domain (any PASID).
     pub fn invalidate_domain(&mut self, domain_id: u16) -> usize {
-        let victims: Vec<Tag> = self
-            .tags
-            .keys()
-            .filter(|t| t.domain_id == domain_id)
-            .copied()
-            .collect();
-        victims
-            .into_iter()
-            .map(|t| self.invalidate(t, &SRange::EVERYTHING))
-            .sum()
+        self.map.retain(|k, _| k.0.domain_id != domain_id)
     }
 
     pub fn clear(&mut self) {
-        self.tags.clear();
-        self.fifo.clear();
-        self.len = 0;
+        self.map.clear();
     }
 
     /// All entries of `pasid` overlapping `[va, va+len)` (for the audit).
     pub fn entries(&self, pasid: u32, va: u64, len: u64) -> Vec<(Tag, TlbEntry)> {
         let range_last = va.saturating_add(len.max(1) - 1);
-        self.tags
+        self.map
             .iter()
-            .filter(|(t, _)| t.pasid == pasid)
-            .flat_map(|(t, per)| {
-                per.by_size
-                    .iter()
-                    .flat_map(move |m| m.values().map(move |e| (*t, *e)))
+            .filter(|(k, e)| {
+                k.0.pasid == pasid
+                    && e.va_base <= range_last
+                    && va <= e.va_base + ((1u64 << e.size_log2) - 1)
             })
-            .filter(|(_, e)| {
-                e.va_base <= range_last && va <= e.va_base + ((1u64 << e.size_log2) - 1)
-            })
+            .map(|(k, e)| (k.0, *e))
             .collect()
     }
 }
@@ -220,14 +226,12 @@ pub struct PwcEntry {
 /// Page-walk cache keyed by (tag, level of the cached entry, VA prefix).
 #[derive(Debug)]
 pub struct Pwc {
-    capacity: usize,
-    map: FxHashMap<(Tag, u8, u64), PwcEntry>,
-    fifo: VecDeque<(Tag, u8, u64)>,
+    map: BoundedMap<(Tag, u8, u64), PwcEntry>,
 }
 
 /// VA bits covered by one entry at `level` (PDE: 21, PDPTE: 30, ...).
-fn covers_log2(level: u8) -> u32 {
-    12 + 9 * (u32::from(level) - 1)
+fn covers_log2(level: u8) -> u8 {
+    12 + 9 * (level - 1)
 }
 
 const TABLE_ADDR: u64 = ((1u64 << 52) - 1) & !0xfff;
@@ -235,9 +239,7 @@ const TABLE_ADDR: u64 = ((1u64 << 52) - 1) & !0xfff;
 impl Pwc {
     pub fn new(capacity: usize) -> Self {
         Pwc {
-            capacity,
-            map: FxHashMap::default(),
-            fifo: VecDeque::new(),
+            map: BoundedMap::new(capacity),
         }
     }
 
@@ -264,9 +266,6 @@ impl Pwc {
 
     /// Cache the upper-level entries of a completed walk.
     pub fn insert_walk(&mut self, tag: Tag, va: u64, start_perms: Perms, uppers: &[Upper]) {
-        if self.capacity == 0 {
-            return;
-        }
         let mut perms = start_perms;
         for u in uppers {
             perms = Perms {
@@ -274,46 +273,41 @@ impl Pwc {
                 user: perms.user && u.value & crate::walker::PTE_US != 0,
                 nx: perms.nx || u.value & crate::walker::PTE_NX != 0,
             };
-            let key = (tag, u.level, va >> covers_log2(u.level));
             let e = PwcEntry {
                 entry: *u,
                 next_table: u.value & TABLE_ADDR,
                 perms,
             };
-            if self.map.insert(key, e).is_none() {
-                self.fifo.push_back(key);
-            }
-        }
-        while self.map.len() > self.capacity {
-            let Some(k) = self.fifo.pop_front() else {
-                break;
-            };
-            self.map.remove(&k);
-        }
-        if self.fifo.len() > 4 * self.capacity.max(16) {
-            let map = &self.map;
-            self.fifo.retain(|k| map.contains_key(k));
+            self.map
+                .insert((tag, u.level, va >> covers_log2(u.level)), e);
         }
     }
 
     /// PDE=1 invalidation of entries whose VA span overlaps `range`.
     pub fn invalidate(&mut self, tag: Tag, range: &SRange) -> usize {
-        let before = self.map.len();
-        self.map.retain(|(t, level, prefix), _| {
-            !(*t == tag && range.overlaps(prefix << covers_log2(*level), covers_log2(*level) as u8))
-        });
-        before - self.map.len()
+        if range.is_everything() {
+            return self.map.retain(|k, _| k.0 != tag);
+        }
+        (2..=5u8)
+            .map(|l| {
+                let shift = covers_log2(l);
+                remove_range(
+                    &mut self.map,
+                    range,
+                    shift,
+                    |p| (tag, l, p),
+                    |k| (k.0 == tag && k.1 == l).then_some(k.2),
+                )
+            })
+            .sum()
     }
 
     pub fn invalidate_domain(&mut self, domain_id: u16) -> usize {
-        let before = self.map.len();
-        self.map.retain(|(t, _, _), _| t.domain_id != domain_id);
-        before - self.map.len()
+        self.map.retain(|k, _| k.0.domain_id != domain_id)
     }
 
     pub fn clear(&mut self) {
         self.map.clear();
-        self.fifo.clear();
     }
 
     /// Entries of `pasid` whose span overlaps `[va, va+len)` with their VA base.
@@ -465,6 +459,24 @@ mod tests {
         // Re-inserting the same page does not grow it.
         t.insert(T1, e(9 << 12, 12));
         assert_eq!(t.len(), 4);
+    }
+
+    /// Replacing one key over and over neither grows the queue nor evicts others.
+    #[test]
+    fn bounded_map_replacement_stays_bounded() {
+        let mut m = BoundedMap::new(4);
+        for k in 0..4u64 {
+            m.insert(k, k);
+        }
+        for i in 0..10_000u64 {
+            m.insert(2, i);
+        }
+        assert_eq!(m.len(), 4);
+        assert!(m.fifo.len() <= 2 * 4 + 16 + 1, "queue {}", m.fifo.len());
+        assert_eq!(m.get(&0), Some(&0));
+        m.insert(9, 9);
+        assert_eq!(m.get(&0), None, "oldest goes first");
+        assert_eq!(m.get(&2), Some(&9999));
     }
 
     #[test]

@@ -53,22 +53,118 @@ pub fn cmpxchg_u64(mem: &Mem, gpa: u64, old: u64, new: u64) -> Result<Result<u64
     })
 }
 
-/// Copy guest memory into `buf`.
-pub fn read(mem: &Mem, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-    mem.read_slice(buf, GuestAddress(gpa))
-        .map_err(|_| MemError {
-            gpa,
-            len: buf.len(),
-        })
+/// Host address of `[gpa, gpa + len)` when it lies inside one region.
+fn host_range(mem: &Mem, gpa: u64, len: usize) -> Result<*mut u8, MemError> {
+    let err = MemError { gpa, len };
+    let region = mem.find_region(GuestAddress(gpa)).ok_or(err)?;
+    let off = gpa - region.start_addr().0;
+    if off
+        .checked_add(len as u64)
+        .is_none_or(|end| end > region.len())
+    {
+        return Err(err);
+    }
+    region
+        .get_host_address(vm_memory::MemoryRegionAddress(off))
+        .map_err(|_| err)
 }
 
-/// Copy `data` into guest memory.
+/// Copy guest memory into `buf` (DMA read). A range crossing regions, or
+/// partly outside RAM, takes vm-memory's checked path.
+pub fn read(mem: &Mem, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+    match host_range(mem, gpa, buf.len()) {
+        // SAFETY: `host_range` checked that the `buf.len()` bytes at `src` lie
+        // inside one mapped region of `mem`, which stays mapped while `mem` is
+        // borrowed; `buf` is host memory of the caller and cannot overlap it.
+        // Concurrent guest writes are the DMA race hardware has too.
+        Ok(src) => unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) },
+        Err(_) => mem
+            .read_slice(buf, GuestAddress(gpa))
+            .map_err(|_| MemError {
+                gpa,
+                len: buf.len(),
+            })?,
+    }
+    Ok(())
+}
+
+/// Copy `data` into guest memory (DMA write).
 pub fn write(mem: &Mem, gpa: u64, data: &[u8]) -> Result<(), MemError> {
-    mem.write_slice(data, GuestAddress(gpa))
-        .map_err(|_| MemError {
-            gpa,
-            len: data.len(),
-        })
+    match host_range(mem, gpa, data.len()) {
+        // SAFETY: as in `read`: the destination lies inside one mapped region
+        // of `mem` and does not overlap the caller's `data`.
+        Ok(dst) => unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) },
+        Err(_) => mem
+            .write_slice(data, GuestAddress(gpa))
+            .map_err(|_| MemError {
+                gpa,
+                len: data.len(),
+            })?,
+    }
+    Ok(())
+}
+
+/// Guest RAM as 64-bit atomic words, remembering the last region used: the
+/// walker's view of page tables (one region lookup per walk, not per entry).
+#[derive(Debug)]
+pub struct Words<'a> {
+    mem: &'a Mem,
+    base: u64,
+    words: &'a [AtomicU64],
+}
+
+impl<'a> Words<'a> {
+    pub fn new(mem: &'a Mem) -> Self {
+        Words {
+            mem,
+            base: 0,
+            words: &[],
+        }
+    }
+
+    /// The word at the 8-byte-aligned `gpa`.
+    #[inline]
+    pub fn get(&mut self, gpa: u64) -> Result<&'a AtomicU64, MemError> {
+        let off = gpa.wrapping_sub(self.base);
+        if gpa % 8 == 0 && off / 8 < self.words.len() as u64 {
+            return Ok(&self.words[(off / 8) as usize]);
+        }
+        self.refill(gpa)
+    }
+
+    #[cold]
+    fn refill(&mut self, gpa: u64) -> Result<&'a AtomicU64, MemError> {
+        let err = MemError { gpa, len: 8 };
+        if gpa % 8 != 0 {
+            return Err(err);
+        }
+        let region = self.mem.find_region(GuestAddress(gpa)).ok_or(err)?;
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|_| err)?;
+        if host as usize % std::mem::align_of::<AtomicU64>() != 0 {
+            return Err(err);
+        }
+        let n = (region.len() / 8) as usize;
+        // SAFETY: `host` is the start of a region of `region.len()` bytes that
+        // stays mapped as long as `self.mem` is borrowed ('a); it is 8-byte
+        // aligned (checked above) and `AtomicU64` has the size and layout of
+        // `u64`. Other threads and the guest may change the words at any
+        // time, which atomics permit.
+        self.words = unsafe { std::slice::from_raw_parts(host as *const AtomicU64, n) };
+        self.base = region.start_addr().0;
+        Ok(&self.words[((gpa - self.base) / 8) as usize])
+    }
+
+    pub fn load(&mut self, gpa: u64) -> Result<u64, MemError> {
+        Ok(self.get(gpa)?.load(Ordering::Acquire))
+    }
+
+    pub fn cmpxchg(&mut self, gpa: u64, old: u64, new: u64) -> Result<Result<u64, u64>, MemError> {
+        Ok(self
+            .get(gpa)?
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire))
+    }
 }
 
 /// Whether `[gpa, gpa + len)` lies entirely in guest RAM.
@@ -111,6 +207,34 @@ mod tests {
         assert!(in_ram(&mem, 0, 0x10000));
         assert!(!in_ram(&mem, 0, 0x10001));
         assert!(!in_ram(&mem, u64::MAX, 2));
+    }
+
+    #[test]
+    fn two_regions_words_and_copies() {
+        let mem = Mem::from_ranges(&[
+            (GuestAddress(0), 0x1_0000),
+            (GuestAddress(0x1_0000), 0x1_0000),
+        ])
+        .unwrap();
+        let mut w = Words::new(&mem);
+        store_u64(&mem, 0xfff8, 1).unwrap();
+        store_u64(&mem, 0x1_0000, 2).unwrap();
+        assert_eq!(
+            (
+                w.load(0xfff8).unwrap(),
+                w.load(0x1_0000).unwrap(),
+                w.load(0xfff8).unwrap()
+            ),
+            (1, 2, 1)
+        );
+        assert!(w.load(0x2_0000).is_err() && w.load(0xfff4).is_err());
+        // A copy across the region boundary takes the checked path.
+        write(&mem, 0xfffc, &[7; 8]).unwrap();
+        let mut b = [0u8; 8];
+        read(&mem, 0xfffc, &mut b).unwrap();
+        assert_eq!(b, [7; 8]);
+        assert!(read(&mem, 0x1_fffc, &mut b).is_err());
+        assert!(write(&mem, u64::MAX - 2, &b).is_err());
     }
 
     #[test]

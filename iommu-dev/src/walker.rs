@@ -195,6 +195,19 @@ pub fn walk_from(
     req: Request,
     ad: AdUpdate,
 ) -> Result<Translation, WalkFault> {
+    walk_words(&mut mem::Words::new(mem), start, levels, va, req, ad)
+}
+
+/// The walk itself, on a memory view that may stay warm across walks.
+#[inline]
+pub fn walk_words(
+    words: &mut mem::Words<'_>,
+    start: Start,
+    levels: u8,
+    va: u64,
+    req: Request,
+    ad: AdUpdate,
+) -> Result<Translation, WalkFault> {
     if !canonical(va, levels) {
         return Err(WalkFault::NonCanonical);
     }
@@ -207,7 +220,7 @@ pub fn walk_from(
         let mut level = start.level;
         loop {
             let gpa = table + 8 * index(va, level);
-            let e = mem::load_u64(mem, gpa).map_err(|_| WalkFault::Memory { gpa })?;
+            let e = words.load(gpa).map_err(|_| WalkFault::Memory { gpa })?;
             if e & PTE_P == 0 {
                 return Err(WalkFault::NotPresent { level });
             }
@@ -224,7 +237,8 @@ pub fn walk_from(
             if !leaf {
                 if let AdUpdate::Update(_) = ad {
                     if e & PTE_A == 0
-                        && mem::cmpxchg_u64(mem, gpa, e, e | PTE_A)
+                        && words
+                            .cmpxchg(gpa, e, e | PTE_A)
                             .map_err(|_| WalkFault::Memory { gpa })?
                             .is_err()
                     {
@@ -264,7 +278,8 @@ pub fn walk_from(
                 if new != e {
                     // The compare-exchange re-checks P and the permission
                     // bits: any change to the entry restarts the walk.
-                    match mem::cmpxchg_u64(mem, gpa, e, new)
+                    match words
+                        .cmpxchg(gpa, e, new)
                         .map_err(|_| WalkFault::Memory { gpa })?
                     {
                         Ok(_) => leaf_val = new,
