@@ -128,7 +128,7 @@ pub fn explore_report(
     let _ = writeln!(out, "== {}: {title}", s.path);
     let _ = writeln!(
         out,
-        "   notifier {}, {} device thread(s); {} interleavings ({} steps) in {:.2} s{}",
+        "   notifier {}, {} device thread(s); {} interleavings explored ({} steps) in {:.2} s{}",
         s.notifier.name(),
         s.devices.len(),
         o.executions,
@@ -152,7 +152,14 @@ pub fn explore_report(
         }
         None => "no expectation".into(),
     };
-    let _ = writeln!(out, "   verdict: {v}   ({exp})");
+    if o.truncated && v.is_safe() {
+        let _ = writeln!(
+            out,
+            "   verdict: INCOMPLETE (no counterexample before the bound)   ({exp})"
+        );
+    } else {
+        let _ = writeln!(out, "   verdict: {v}   ({exp})");
+    }
     let failing = s.failing();
     for (k, n) in &o.counts {
         let tag = if failing.contains(k) {
