@@ -32,6 +32,22 @@ pub fn run_script(
 ) -> (Outcome, String, bool) {
     let o = explore_with(s, faults, max, reduce);
     let prog = machine::Program::new(s, faults);
-    let (text, ok) = report::explore_report(s, &o, &prog.invs, verbose);
+    let (mut text, mut ok) = report::explore_report(s, &o, &prog.invs, verbose);
+    if let Some(e) = &s.expect_literal {
+        // The order as written, for comparison with a guest run.
+        let l = literal(s, faults);
+        let v = literal_verdict(s, &l);
+        let m = v.matches(e) && l.error.is_none();
+        ok &= m;
+        let line = format!(
+            "   literal order: {v}   (expected {e}: {})\n",
+            if m { "ok" } else { "MISMATCH" }
+        );
+        let at = text
+            .find("   verdict: ")
+            .and_then(|i| text[i..].find('\n').map(|j| i + j + 1))
+            .unwrap_or(text.len());
+        text.insert_str(at, &line);
+    }
     (o, text, ok)
 }

@@ -653,7 +653,10 @@ impl P {
         if let Some((_, v)) = self.vas.iter().find(|(n, _)| *n == base) {
             return Ok(v + off);
         }
-        let v = AUTO_VA_BASE + 0x1000 * self.vas.len() as u64;
+        let mut v = AUTO_VA_BASE;
+        while self.vas.iter().any(|(_, x)| *x == v) {
+            v += 0x1000;
+        }
         self.vas.push((base, v));
         Ok(v + off)
     }
@@ -1277,7 +1280,7 @@ expect redundant inv#1   # a comment after inv#1
             *range,
             Range::Pages {
                 first: 0x7f00_0000_0000,
-                last: AUTO_VA_BASE + 0x1000
+                last: AUTO_VA_BASE
             }
         );
         assert_eq!(

@@ -67,6 +67,11 @@ fn every_shipped_script_matches_its_expectations() {
     for p in all {
         let s = load(p.to_str().unwrap()).unwrap();
         assert!(s.expect.is_some(), "{}: no expectation", p.display());
+        assert!(
+            s.expect_literal.is_some(),
+            "{}: no literal expectation",
+            p.display()
+        );
         let (o, text, ok) = run_script(&s, &[], DEFAULT_MAX_EXECUTIONS, true, false);
         assert!(ok, "{text}");
         assert!(o.executions > 0);
