@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test test-rust lint fmt bench clean sim deps run test-vm vm-bins
+.PHONY: all build test test-rust lint fmt bench clean sim deps run test-vm test-negative vm-bins
 
 all: build
 
@@ -29,7 +29,7 @@ SIM_SCRIPTS ?= $(sort $(wildcard sim/scripts/*.amdvi))
 sim:
 	$(CARGO) run --release -q -p amdvi-sim -- $(SIM_SCRIPTS)
 
-test: lint test-rust sim
+test: lint test-rust sim test-vm test-negative
 
 bench:
 	$(CARGO) bench -p iommu-dev
@@ -62,3 +62,15 @@ test-vm: deps vm-bins
 		echo "== test-vm: kernel $$k, $$p-level paging"; \
 		$(AMDVI_RUN) --kver $$k --paging $$p --json build/results-$$k-$${p}lvl.json $(ARGS) || fail=1; \
 	done; exit $$fail
+
+# Negative controls: the bench must catch the bugs it exists for.
+# 1. notifier_mode=end_only (invalidate only in invalidate_range_end, the
+#    ordering the 2017 thread rejects for COW): cow_notifier_order must fail
+#    with R1 (stale page) findings.
+# 2. configs/broken-atc.toml (the device ignores ATC invalidations): the COW
+#    scenarios must fail with R1 or stale findings.
+test-negative: deps vm-bins
+	$(AMDVI_RUN) --kver 6.12 --filter cow_notifier_order --modparams notifier_mode=end_only \
+		--expect-caught r1 --json build/negative-end-only.json
+	$(AMDVI_RUN) --kver 6.12 --filter 'cow_*' --config configs/broken-atc.toml \
+		--expect-caught r1,stale --json build/negative-broken-atc.json

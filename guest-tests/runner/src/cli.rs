@@ -7,6 +7,16 @@ use clap::{Parser, ValueEnum};
 
 use crate::qemu::{Accel, Carrier};
 
+/// An oracle rule as the suite reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FindingRule {
+    R1,
+    R2,
+    R3,
+    R4,
+    Stale,
+}
+
 /// Which frontend carries the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CarrierChoice {
@@ -115,6 +125,13 @@ pub struct Args {
     /// Kill QEMU and the daemon after SECS seconds.
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub timeout: u64,
+
+    /// Negative control: the run succeeds only when a scenario fails with
+    /// findings of one of these rules (r1, r2, r3, r4, stale), e.g. with a
+    /// broken notifier_mode or configs/broken-atc.toml. Infrastructure
+    /// problems still fail the run.
+    #[arg(long, value_name = "RULES", value_delimiter = ',')]
+    pub expect_caught: Vec<FindingRule>,
 
     /// Results file [default: build/results.json].
     #[arg(long, value_name = "FILE")]

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use crate::cli::FindingRule;
 use crate::ktap::{Report, Status, TestResult};
 
 /// What the runner observed besides the KTAP.
@@ -111,6 +112,51 @@ pub fn judge(report: &Report, obs: &Observations) -> Verdict {
     }
 }
 
+/// A negative control's verdict: caught when a scenario failed with findings
+/// of one of `rules`; returns the exit code and the closing line.
+pub fn judge_negative(report: &Report, verdict: &Verdict, rules: &[FindingRule]) -> (i32, String) {
+    let count = |t: &TestResult| -> u64 {
+        let Some(a) = t.amdvi.as_ref() else { return 0 };
+        rules
+            .iter()
+            .map(|r| match r {
+                FindingRule::R1 => a.r1,
+                FindingRule::R2 => a.r2,
+                FindingRule::R3 => a.r3,
+                FindingRule::R4 => a.r4,
+                FindingRule::Stale => a.stale,
+            })
+            .map(|v| v.unwrap_or(0))
+            .sum()
+    };
+    let caught: Vec<String> = report
+        .results
+        .iter()
+        .filter(|t| t.status == Status::Fail && count(t) > 0)
+        .map(|t| format!("{} ({} findings)", t.name, count(t)))
+        .collect();
+    if !verdict.problems.is_empty() {
+        (
+            1,
+            format!(
+                "amdvi-run: negative control inconclusive: {}",
+                verdict.problems.join("; ")
+            ),
+        )
+    } else if caught.is_empty() {
+        (
+            1,
+            "amdvi-run: negative control NOT caught: no scenario failed with the expected findings"
+                .to_string(),
+        )
+    } else {
+        (
+            0,
+            format!("amdvi-run: negative control caught: {}", caught.join(", ")),
+        )
+    }
+}
+
 fn num(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_string(), |n| n.to_string())
 }
@@ -210,6 +256,39 @@ mod tests {
             guest_paging: Some(5),
             ..Observations::default()
         }
+    }
+
+    #[test]
+    fn negative_control_needs_a_failure_with_the_rule() {
+        let mut o = obs();
+        o.guest_exit = Some(1);
+        let caught = GOOD.replace("ok 1 a", "not ok 1 a").replace(
+            "r1=0 r2=0 r3=0 r4=0 stale=0 ms=1500",
+            "r1=3 r2=0 r3=9 r4=0 stale=0 ms=1500",
+        );
+        let r = report(&caught);
+        let (code, line) = judge_negative(&r, &judge(&r, &o), &[FindingRule::R1]);
+        assert_eq!(code, 0, "{line}");
+        assert!(line.contains("caught: a (3 findings)"), "{line}");
+        // R3 alone is not what was asked for.
+        let (code, _) = judge_negative(&r, &judge(&r, &o), &[FindingRule::Stale]);
+        assert_eq!(code, 1);
+        // A clean pass is not caught.
+        let r = report(GOOD);
+        let (code, line) = judge_negative(
+            &r,
+            &judge(&r, &obs()),
+            &[FindingRule::R1, FindingRule::Stale],
+        );
+        assert_eq!(code, 1);
+        assert!(line.contains("NOT caught"));
+        // A crash is inconclusive, not caught.
+        let mut o = obs();
+        o.timed_out = true;
+        let r = report(&caught);
+        let (code, line) = judge_negative(&r, &judge(&r, &o), &[FindingRule::R1]);
+        assert_eq!(code, 1);
+        assert!(line.contains("inconclusive"), "{line}");
     }
 
     #[test]

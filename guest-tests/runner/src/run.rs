@@ -871,6 +871,11 @@ fn run(args: &Args) -> Result<i32> {
     std::fs::write(&json_path, text + "\n")
         .map_err(|e| io_err(format!("writing {}", json_path.display()), e))?;
     println!("results {}", json_path.display());
+    if !args.expect_caught.is_empty() {
+        let (code, line) = report::judge_negative(&report, &verdict, &args.expect_caught);
+        println!("{line}");
+        return Ok(code);
+    }
     println!("{}", verdict.closing_line());
     Ok(verdict.exit_code)
 }
