@@ -156,10 +156,12 @@ impl<'a> Words<'a> {
         Ok(&self.words[((gpa - self.base) / 8) as usize])
     }
 
+    #[inline]
     pub fn load(&mut self, gpa: u64) -> Result<u64, MemError> {
         Ok(self.get(gpa)?.load(Ordering::Acquire))
     }
 
+    #[inline]
     pub fn cmpxchg(&mut self, gpa: u64, old: u64, new: u64) -> Result<Result<u64, u64>, MemError> {
         Ok(self
             .get(gpa)?

@@ -154,19 +154,25 @@ pub(crate) fn index(va: u64, level: u8) -> u64 {
     (va >> (12 + 9 * (u32::from(level) - 1))) & 0x1ff
 }
 
-fn reserved_bits(e: u64, level: u8, levels: u8) -> u64 {
-    let mut r = e & RESERVED_PA;
-    let leaf_large = e & PTE_PS != 0 && (level == 2 || level == 3);
-    if (level == 4 || level == 5) && e & PTE_PS != 0 {
-        r |= PTE_PS;
-    }
-    if leaf_large {
-        // Bit 12 is PAT; bits below the page size above it must be zero.
-        let size = 12 + 9 * (u32::from(level) - 1);
-        r |= e & ((1u64 << size) - 1) & !0x1fff;
-    }
-    let _ = levels;
-    r
+/// Reserved bits of an entry at `level` (§3.2): PA bits above PA_BITS;
+/// PS in a PML4E/PML5E; in a 2 MiB / 1 GiB leaf, the PA bits below the page
+/// size other than PAT (bit 12).
+#[inline]
+fn reserved_bits(e: u64, level: u8) -> u64 {
+    const LARGE_LOW: [u64; 6] = [
+        0,
+        0,
+        ((1 << 21) - 1) & !0x1fff,
+        ((1 << 30) - 1) & !0x1fff,
+        PTE_PS,
+        PTE_PS,
+    ];
+    let ps_mask = if e & PTE_PS != 0 {
+        LARGE_LOW[level as usize]
+    } else {
+        0
+    };
+    e & (RESERVED_PA | ps_mask)
 }
 
 /// Walk the table rooted at `cr3` with `levels` levels (4 or 5) for `va`.
@@ -224,7 +230,7 @@ pub fn walk_words(
             if e & PTE_P == 0 {
                 return Err(WalkFault::NotPresent { level });
             }
-            let rsvd = reserved_bits(e, level, levels);
+            let rsvd = reserved_bits(e, level);
             if rsvd != 0 {
                 return Err(WalkFault::Reserved {
                     level,
