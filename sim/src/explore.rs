@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use iommu_dev::FaultRule;
 
-use crate::machine::{Exec, Fp, Program, Rec, CPU, IOMMU};
+use crate::machine::{Backend, Exec, Fp, Model, Program, Rec, CPU, IOMMU};
 use crate::script::{Kind, Script};
 
 /// A counterexample: the steps that matter, in execution order.
@@ -234,8 +234,15 @@ impl Literal {
 
 pub fn literal(s: &Script, extra_faults: &[FaultRule]) -> Literal {
     let prog = Program::new(s, extra_faults);
-    let mut e = Exec::new(s, &prog);
-    let drain = |e: &mut Exec<'_>| {
+    let model = Model::new(s, &prog.faults);
+    literal_on(s, &prog, model).0
+}
+
+/// The literal order on any backend (the guest's `amdvi-script` runs it on
+/// the real device); the backend is handed back for its own reporting.
+pub fn literal_on<B: Backend>(s: &Script, prog: &Program, backend: B) -> (Literal, B) {
+    let mut e = Exec::with_backend(s, prog, backend);
+    let drain = |e: &mut Exec<'_, B>| {
         while e.next_fp(IOMMU).is_some() {
             e.step(IOMMU);
         }
@@ -263,8 +270,11 @@ pub fn literal(s: &Script, extra_faults: &[FaultRule]) -> Literal {
         }
     }
     e.finish();
-    Literal {
-        error: e.error.clone(),
-        recs: e.log,
-    }
+    (
+        Literal {
+            error: e.error.clone(),
+            recs: e.log,
+        },
+        e.backend,
+    )
 }

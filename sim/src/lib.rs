@@ -14,7 +14,8 @@ pub mod machine;
 pub mod report;
 pub mod script;
 
-pub use explore::{explore, explore_with, literal, Literal, Outcome};
+pub use explore::{explore, explore_with, literal, literal_on, Literal, Outcome};
+pub use machine::{Backend, Model};
 pub use report::{literal_verdict, verdict, Verdict};
 pub use script::{load, parse, parse_fault, Expect, Kind, ParseError, Script};
 

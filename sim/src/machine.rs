@@ -16,12 +16,14 @@ use iommu_dev::mem::{self, Mem};
 use iommu_dev::oracle::Rule;
 use iommu_dev::walker::{PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US};
 use iommu_dev::{
-    AccessError, AccessFlags, Command, DevTableBase, Dte, FaultRule, Finding, Iommu, IommuConfig,
-    SRange, Source, TraceEvent, Tracer,
+    AccessError, AccessFlags, AtsCompletion, Command, DevTableBase, Dte, FaultRule, Finding, Iommu,
+    IommuConfig, SRange, Source, TraceEvent, Tracer,
 };
 use vm_memory::GuestMemoryAtomic;
 
-use crate::script::{CpuOp, DevOp, Hook, Kind, NonPresent, Perms, Range, Script, Step, Target};
+use crate::script::{
+    CpuOp, DevOp, Hook, Kind, NonPresent, Perms, Range, Script, Step, Target, MAX_PAGES,
+};
 
 pub const DEVTAB_GPA: u64 = 0x1000;
 pub const GCR3_GPA: u64 = 0x2000;
@@ -351,20 +353,276 @@ fn dev_flags() -> AccessFlags {
     }
 }
 
-/// The state of one execution.
-pub struct Exec<'p> {
-    pub prog: &'p Program,
-    pub script: &'p Script,
+/// What an execution runs on: the iommu-dev model with simulated guest
+/// memory ([`Model`]), or a real device (the guest's `amdvi-script`, which
+/// drives the daemon through `/dev/amdvi`). The judging (data checks,
+/// findings, timeline) is the same [`Exec`] code for both.
+///
+/// Pages are the script's pages by index; `pa` arguments are physical
+/// addresses of words inside them (`page_pa(page) | offset`).
+pub trait Backend {
+    /// Back to the script's initial state: no mappings, every page zero,
+    /// empty caches, no findings. An error makes the execution fail.
+    fn reset(&mut self) -> Result<(), String>;
+    /// The leaf entry of `va` (0 when no table maps it).
+    fn pte(&mut self, va: u64) -> u64;
+    /// Write the leaf entry of `va`, allocating tables as needed.
+    fn set_pte(&mut self, va: u64, pte: u64);
+    /// Physical address of a page.
+    fn page_pa(&self, page: usize) -> u64;
+    /// The page a physical address lies in.
+    fn page_of(&self, pa: u64) -> Option<usize>;
+    /// 8-byte CPU load / store of a word of a page.
+    fn load(&mut self, pa: u64) -> u64;
+    fn store(&mut self, pa: u64, v: u64);
+    /// Every 8-byte word of `page` becomes `v`.
+    fn fill(&mut self, page: usize, v: u64);
+    /// Copy 4 KiB.
+    fn copy(&mut self, from: usize, to: usize);
+    /// Whether two pages hold the same bytes.
+    fn identical(&mut self, a: usize, b: usize) -> bool;
+    /// Execute one command (the IOMMU command processor's step); the
+    /// number of cache entries it removed, when the backend can tell.
+    fn execute(&mut self, cmd: &Command) -> Result<Option<usize>, String>;
+    /// Device `dev` (index into the script's devices) sends an ATS
+    /// translation request for `va`; a successful completion fills its ATC.
+    fn translate(&mut self, dev: usize, va: u64) -> Result<AtsCompletion, AccessError>;
+    /// An 8-byte DMA read (`write` None; the value read is returned) or
+    /// write by device `dev`, through its ATC: the translation used and the
+    /// value. A backend whose device translates on a miss itself returns
+    /// `Fault` for a failed translation and never `AtcMiss`.
+    fn access(
+        &mut self,
+        dev: usize,
+        va: u64,
+        write: Option<u64>,
+    ) -> Result<(AtsCompletion, u64), AccessError>;
+    /// Per-access oracle findings since the last call (and clear them).
+    fn oracle(&mut self) -> Vec<Finding>;
+    /// Audit every cached translation of `pasid`: the stale ones.
+    fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, String>;
+}
+
+/// The iommu-dev model on simulated guest memory: a DTE per device, a
+/// one-level GCR3 table, 4-level tables from a pool, pages at `DATA_BASE`.
+pub struct Model {
     iommu: Iommu,
     mem: Mem,
     removed: Arc<Removed>,
+    devids: Vec<u16>,
+    pasid: u32,
+    faults: Vec<FaultRule>,
+    cr3: u64,
+    next_table: u64,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("devids", &self.devids)
+            .finish()
+    }
+}
+
+impl Model {
+    pub fn new(script: &Script, faults: &[FaultRule]) -> Model {
+        let mem = mem::anon(MEM_SIZE);
+        let cfg = IommuConfig {
+            endpoints: script.devices.iter().map(|d| d.devid).collect(),
+            iotlb_entries: 256,
+            pwc_entries: 256,
+            dte_cache_entries: 16,
+            atc_entries: 256,
+            oracle: true,
+            oracle_records: 64,
+            five_level: false,
+            event_log_entries: 64,
+            ppr_log_entries: 64,
+            ..IommuConfig::default()
+        };
+        let iommu = Iommu::new(cfg, GuestMemoryAtomic::new(mem.clone()));
+        let removed = Arc::new(Removed::default());
+        iommu.set_tracer(Some(removed.clone()));
+        let mut m = Model {
+            iommu,
+            mem,
+            removed,
+            devids: script.devices.iter().map(|d| d.devid).collect(),
+            pasid: script.pasid,
+            faults: faults.to_vec(),
+            cr3: PT_POOL,
+            next_table: PT_POOL + 0x1000,
+        };
+        m.setup();
+        m
+    }
+
+    fn setup(&mut self) {
+        let mem = &self.mem;
+        let cr3 = PT_POOL;
+        for &devid in &self.devids {
+            let dte = Dte::encode_v2(DOMAIN_ID, GCR3_GPA, 0, true, false);
+            for (i, q) in dte.0.iter().enumerate() {
+                mem::store_u64(
+                    mem,
+                    DEVTAB_GPA + u64::from(devid) * Dte::SIZE + 8 * i as u64,
+                    *q,
+                )
+                .expect("DTE in RAM");
+            }
+        }
+        mem::store_u64(mem, GCR3_GPA + 8 * u64::from(self.pasid), cr3 | GCR3_VALID)
+            .expect("GCR3 in RAM");
+        use iommu_dev::control;
+        self.iommu
+            .set_device_table(
+                DevTableBase::encode(DEVTAB_GPA, 1),
+                control::IOMMU_EN | control::GT_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN,
+            )
+            .expect("device table");
+        for f in &self.faults {
+            self.iommu.faults().add(f.clone());
+        }
+        self.cr3 = cr3;
+        self.next_table = cr3 + 0x1000;
+    }
+
+    /// The leaf entry's GPA for `va`, allocating tables when `create`.
+    fn leaf_gpa(&mut self, va: u64, create: bool) -> Option<u64> {
+        let mut table = self.cr3;
+        for level in (2..=4u32).rev() {
+            let gpa = table + 8 * ((va >> (12 + 9 * (level - 1))) & 0x1ff);
+            let e = mem::load_u64(&self.mem, gpa).ok()?;
+            table = if e & PTE_P != 0 {
+                e & ADDR_MASK
+            } else if create {
+                let t = self.next_table;
+                assert!(t < PT_POOL_END, "page-table pool exhausted");
+                self.next_table += 0x1000;
+                mem::store_u64(&self.mem, gpa, t | PTE_P | PTE_RW | PTE_US).ok()?;
+                t
+            } else {
+                return None;
+            };
+        }
+        Some(table + 8 * ((va >> 12) & 0x1ff))
+    }
+
+    fn read_page(&self, page: usize) -> Vec<u8> {
+        let mut b = vec![0u8; 0x1000];
+        mem::read(&self.mem, page_gpa(page), &mut b).expect("page");
+        b
+    }
+}
+
+impl Backend for Model {
+    fn reset(&mut self) -> Result<(), String> {
+        self.iommu.reset();
+        self.iommu.faults().clear();
+        mem::write(&self.mem, 0, &vec![0u8; MEM_SIZE]).expect("guest memory");
+        self.setup();
+        Ok(())
+    }
+
+    fn pte(&mut self, va: u64) -> u64 {
+        self.leaf_gpa(va, false)
+            .and_then(|g| mem::load_u64(&self.mem, g).ok())
+            .unwrap_or(0)
+    }
+
+    fn set_pte(&mut self, va: u64, v: u64) {
+        let g = self.leaf_gpa(va, true).expect("leaf");
+        mem::store_u64(&self.mem, g, v).expect("PTE in RAM");
+    }
+
+    fn page_pa(&self, page: usize) -> u64 {
+        page_gpa(page)
+    }
+
+    fn page_of(&self, pa: u64) -> Option<usize> {
+        let p = pa.checked_sub(DATA_BASE)? >> 12;
+        ((p as usize) < MAX_PAGES).then_some(p as usize)
+    }
+
+    fn load(&mut self, pa: u64) -> u64 {
+        mem::load_u64(&self.mem, pa).unwrap_or(0)
+    }
+
+    fn store(&mut self, pa: u64, v: u64) {
+        mem::store_u64(&self.mem, pa, v).expect("data");
+    }
+
+    fn fill(&mut self, page: usize, v: u64) {
+        fill(&self.mem, page_gpa(page), v);
+    }
+
+    fn copy(&mut self, from: usize, to: usize) {
+        let b = self.read_page(from);
+        mem::write(&self.mem, page_gpa(to), &b).expect("page");
+    }
+
+    fn identical(&mut self, a: usize, b: usize) -> bool {
+        self.read_page(a) == self.read_page(b)
+    }
+
+    fn execute(&mut self, cmd: &Command) -> Result<Option<usize>, String> {
+        self.removed.0.store(0, Ordering::Relaxed);
+        let r = self.iommu.execute(&[(CMDBUF_GPA, cmd.encode())]);
+        if let Some((_, _, e)) = r.illegal {
+            return Err(format!("illegal command: {e}"));
+        }
+        Ok(Some(self.removed.0.load(Ordering::Relaxed)))
+    }
+
+    fn translate(&mut self, dev: usize, va: u64) -> Result<AtsCompletion, AccessError> {
+        self.iommu
+            .ats_translate(self.devids[dev], self.pasid, va, dev_flags())
+    }
+
+    fn access(
+        &mut self,
+        dev: usize,
+        va: u64,
+        write: Option<u64>,
+    ) -> Result<(AtsCompletion, u64), AccessError> {
+        let devid = self.devids[dev];
+        match write {
+            Some(v) => self
+                .iommu
+                .dma_write(devid, self.pasid, va, dev_flags(), &v.to_le_bytes())
+                .map(|r| (r.completion, v)),
+            None => {
+                let mut buf = [0u8; 8];
+                self.iommu
+                    .dma_read(devid, self.pasid, va, dev_flags(), &mut buf)
+                    .map(|r| (r.completion, u64::from_le_bytes(buf)))
+            }
+        }
+    }
+
+    fn oracle(&mut self) -> Vec<Finding> {
+        self.iommu.oracle().read(16, true).records
+    }
+
+    fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, String> {
+        self.iommu
+            .audit(pasid, 0, u64::MAX, 16)
+            .map(|(fs, _)| fs)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The state of one execution.
+pub struct Exec<'p, B: Backend = Model> {
+    pub prog: &'p Program,
+    pub script: &'p Script,
+    /// What the steps run on.
+    pub backend: B,
     cpu_pc: usize,
     queue: VecDeque<Cmd>,
     devs: Vec<DevState>,
     freed: u64,
     expected: Vec<Option<(u64, Writer)>>,
-    cr3: u64,
-    next_table: u64,
     /// Per invalidation: entries removed in this execution.
     pub inv_removed: Vec<usize>,
     pub log: Vec<Rec>,
@@ -372,7 +630,7 @@ pub struct Exec<'p> {
     pub error: Option<String>,
 }
 
-impl std::fmt::Debug for Exec<'_> {
+impl<B: Backend> std::fmt::Debug for Exec<'_, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exec")
             .field("cpu_pc", &self.cpu_pc)
@@ -400,38 +658,34 @@ fn leaf_bits(perms: Perms) -> u64 {
         | if perms.dirty { PTE_D } else { 0 }
 }
 
-impl<'p> Exec<'p> {
-    pub fn new(script: &'p Script, prog: &'p Program) -> Exec<'p> {
-        let mem = mem::anon(MEM_SIZE);
-        let cfg = IommuConfig {
-            endpoints: script.devices.iter().map(|d| d.devid).collect(),
-            iotlb_entries: 256,
-            pwc_entries: 256,
-            dte_cache_entries: 16,
-            atc_entries: 256,
-            oracle: true,
-            oracle_records: 64,
-            five_level: false,
-            event_log_entries: 64,
-            ppr_log_entries: 64,
-            ..IommuConfig::default()
-        };
-        let iommu = Iommu::new(cfg, GuestMemoryAtomic::new(mem.clone()));
-        let removed = Arc::new(Removed::default());
-        iommu.set_tracer(Some(removed.clone()));
+impl<'p> Exec<'p, Model> {
+    /// An execution on the model (with the script's and `prog`'s faults).
+    pub fn new(script: &'p Script, prog: &'p Program) -> Exec<'p, Model> {
+        Exec::with_backend(script, prog, Model::new(script, &prog.faults))
+    }
+
+    /// Run a schedule (actor per step) from scratch.
+    pub fn replay(script: &'p Script, prog: &'p Program, sched: &[usize]) -> Exec<'p, Model> {
+        let mut e = Exec::new(script, prog);
+        for &a in sched {
+            e.step(a);
+        }
+        e
+    }
+}
+
+impl<'p, B: Backend> Exec<'p, B> {
+    /// An execution on `backend`, in the script's initial state.
+    pub fn with_backend(script: &'p Script, prog: &'p Program, backend: B) -> Exec<'p, B> {
         let mut e = Exec {
             prog,
             script,
-            iommu,
-            mem,
-            removed,
+            backend,
             cpu_pc: 0,
             queue: VecDeque::new(),
             devs: Vec::new(),
             freed: 0,
             expected: Vec::new(),
-            cr3: PT_POOL,
-            next_table: PT_POOL + 0x1000,
             inv_removed: Vec::new(),
             log: Vec::new(),
             error: None,
@@ -442,47 +696,19 @@ impl<'p> Exec<'p> {
 
     /// Back to the initial state of the script (cheaper than `new`).
     pub fn reset(&mut self) {
-        self.iommu.reset();
-        self.iommu.faults().clear();
-        mem::write(&self.mem, 0, &vec![0u8; MEM_SIZE]).expect("guest memory");
+        let r = self.backend.reset();
         self.setup();
+        if let Err(e) = r {
+            self.error = Some(format!("reset: {e}"));
+        }
     }
 
     fn setup(&mut self) {
         let (script, prog) = (self.script, self.prog);
-        let mem = &self.mem;
         for (i, (_, v)) in script.pages.iter().enumerate() {
             if *v != 0 {
-                fill(mem, page_gpa(i), *v);
+                self.backend.fill(i, *v);
             }
-        }
-        let cr3 = PT_POOL;
-        for d in &script.devices {
-            let dte = Dte::encode_v2(DOMAIN_ID, GCR3_GPA, 0, true, false);
-            for (i, q) in dte.0.iter().enumerate() {
-                mem::store_u64(
-                    mem,
-                    DEVTAB_GPA + u64::from(d.devid) * Dte::SIZE + 8 * i as u64,
-                    *q,
-                )
-                .expect("DTE in RAM");
-            }
-        }
-        mem::store_u64(
-            mem,
-            GCR3_GPA + 8 * u64::from(script.pasid),
-            cr3 | GCR3_VALID,
-        )
-        .expect("GCR3 in RAM");
-        use iommu_dev::control;
-        self.iommu
-            .set_device_table(
-                DevTableBase::encode(DEVTAB_GPA, 1),
-                control::IOMMU_EN | control::GT_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN,
-            )
-            .expect("device table");
-        for f in &prog.faults {
-            self.iommu.faults().add(f.clone());
         }
         self.cpu_pc = 0;
         self.queue.clear();
@@ -495,8 +721,6 @@ impl<'p> Exec<'p> {
         ];
         self.freed = 0;
         self.expected = vec![None; script.words.len()];
-        self.cr3 = cr3;
-        self.next_table = cr3 + 0x1000;
         self.inv_removed = vec![0; prog.invs.len()];
         self.log.clear();
         self.error = None;
@@ -511,15 +735,6 @@ impl<'p> Exec<'p> {
         for &a in sched {
             self.step(a);
         }
-    }
-
-    /// Run a schedule (actor per step) from scratch.
-    pub fn replay(script: &'p Script, prog: &'p Program, sched: &[usize]) -> Exec<'p> {
-        let mut e = Exec::new(script, prog);
-        for &a in sched {
-            e.step(a);
-        }
-        e
     }
 
     pub fn actors(&self) -> usize {
@@ -543,8 +758,9 @@ impl<'p> Exec<'p> {
     }
 
     fn page_of(&self, pa: u64) -> Option<usize> {
-        let p = pa.checked_sub(DATA_BASE)? >> 12;
-        ((p as usize) < self.script.pages.len()).then_some(p as usize)
+        self.backend
+            .page_of(pa)
+            .filter(|&p| p < self.script.pages.len())
     }
 
     fn page_text(&self, pa: u64) -> String {
@@ -571,31 +787,8 @@ impl<'p> Exec<'p> {
         )
     }
 
-    /// The leaf entry's GPA for `va`, allocating tables when `create`.
-    fn leaf_gpa(&mut self, va: u64, create: bool) -> Option<u64> {
-        let mut table = self.cr3;
-        for level in (2..=4u32).rev() {
-            let gpa = table + 8 * ((va >> (12 + 9 * (level - 1))) & 0x1ff);
-            let e = mem::load_u64(&self.mem, gpa).ok()?;
-            table = if e & PTE_P != 0 {
-                e & ADDR_MASK
-            } else if create {
-                let t = self.next_table;
-                assert!(t < PT_POOL_END, "page-table pool exhausted");
-                self.next_table += 0x1000;
-                mem::store_u64(&self.mem, gpa, t | PTE_P | PTE_RW | PTE_US).ok()?;
-                t
-            } else {
-                return None;
-            };
-        }
-        Some(table + 8 * ((va >> 12) & 0x1ff))
-    }
-
     fn pte(&mut self, va: u64) -> u64 {
-        self.leaf_gpa(va, false)
-            .and_then(|g| mem::load_u64(&self.mem, g).ok())
-            .unwrap_or(0)
+        self.backend.pte(va)
     }
 
     /// What the CPU's tables map `va` to now.
@@ -605,25 +798,25 @@ impl<'p> Exec<'p> {
     }
 
     fn set_pte(&mut self, va: u64, v: u64) {
-        let g = self.leaf_gpa(va, true).expect("leaf");
-        mem::store_u64(&self.mem, g, v).expect("PTE in RAM");
+        self.backend.set_pte(va, v);
     }
 
     fn map(&mut self, va: u64, page: usize, perms: Perms, fresh: bool) {
-        self.set_pte(va, page_gpa(page) | leaf_bits(perms));
+        let pa = self.backend.page_pa(page);
+        self.set_pte(va, pa | leaf_bits(perms));
         self.freed &= !(1 << page);
         if fresh {
             for (i, w) in self.script.words.iter().enumerate() {
                 if *w & !0xfff == va {
-                    let v = mem::load_u64(&self.mem, page_gpa(page) | (w & 0xfff)).unwrap_or(0);
+                    let v = self.backend.load(pa | (w & 0xfff));
                     self.expected[i] = Some((v, Writer::Init));
                 }
             }
         }
     }
 
-    fn load(&self, gpa: u64) -> u64 {
-        mem::load_u64(&self.mem, gpa).unwrap_or(0)
+    fn load(&mut self, gpa: u64) -> u64 {
+        self.backend.load(gpa)
     }
 
     fn cpu_next(&self) -> Option<&'p (CpuStep, usize, String)> {
@@ -759,8 +952,8 @@ impl<'p> Exec<'p> {
             CpuStep::Wait => "  (COMPLETION_WAIT done)".into(),
             CpuStep::Disabled(why) => format!("{text}  [{why}]"),
             CpuStep::Audit => {
-                match self.iommu.audit(self.script.pasid, 0, u64::MAX, 16) {
-                    Ok((fs, _)) => {
+                match self.backend.audit(self.script.pasid) {
+                    Ok(fs) => {
                         for f in fs {
                             out.push(Found {
                                 kind: Kind::StaleEntry,
@@ -817,27 +1010,18 @@ impl<'p> Exec<'p> {
                 self.set_pte(va, v);
             }
             CpuOp::Protect { va, write } => {
-                let g = self.leaf_gpa(va, true).expect("leaf");
-                let e = self.load(g);
+                let e = self.pte(va);
                 let n = if write { e | PTE_RW } else { e & !PTE_RW };
-                mem::store_u64(&self.mem, g, n).expect("PTE");
+                self.set_pte(va, n);
             }
             CpuOp::Free { page } => self.freed |= 1 << page,
             CpuOp::Reuse { page, value } => {
                 self.freed |= 1 << page;
-                fill(&self.mem, page_gpa(page), value);
+                self.backend.fill(page, value);
             }
-            CpuOp::Copy { from, to } => {
-                let mut b = vec![0u8; 0x1000];
-                mem::read(&self.mem, page_gpa(from), &mut b).expect("page");
-                mem::write(&self.mem, page_gpa(to), &b).expect("page");
-            }
+            CpuOp::Copy { from, to } => self.backend.copy(from, to),
             CpuOp::Identical { a, b } => {
-                let mut x = vec![0u8; 0x1000];
-                let mut y = vec![0u8; 0x1000];
-                mem::read(&self.mem, page_gpa(a), &mut x).expect("page");
-                mem::read(&self.mem, page_gpa(b), &mut y).expect("page");
-                if x != y {
+                if !self.backend.identical(a, b) {
                     // Skip to the audit.
                     self.cpu_pc = self.prog.cpu.len() - 1;
                     return format!("{text}  [differ: the CPU sequence stops here]");
@@ -849,7 +1033,7 @@ impl<'p> Exec<'p> {
                     self.error = Some(format!("cpu write to unmapped {}", s.va_name(va)));
                     return format!("{text}  [ERROR: not mapped]");
                 };
-                mem::store_u64(&self.mem, pa, value).expect("data");
+                self.backend.store(pa, value);
                 let i = self.word_idx(va);
                 self.expected[i] = Some((value, Writer::Cpu));
                 return format!("{text}  [{}]", self.page_text(pa));
@@ -884,19 +1068,19 @@ impl<'p> Exec<'p> {
 
     fn iommu_step(&mut self) -> String {
         let c = self.queue.pop_front().expect("queued command");
-        self.removed.0.store(0, Ordering::Relaxed);
-        let gpa = CMDBUF_GPA;
-        let r = self.iommu.execute(&[(gpa, c.cmd.encode())]);
-        if let Some((_, _, e)) = r.illegal {
-            self.error = Some(format!("{}: illegal command: {e}", c.text));
-        }
-        let n = self.removed.0.load(Ordering::Relaxed);
-        match c.inv {
-            Some(i) => {
+        let n = match self.backend.execute(&c.cmd) {
+            Ok(n) => n,
+            Err(e) => {
+                self.error = Some(format!("{}: {e}", c.text));
+                return format!("iommu: {}: ERROR {e}", c.text);
+            }
+        };
+        match (c.inv, n) {
+            (Some(i), Some(n)) => {
                 self.inv_removed[i] += n;
                 format!("iommu: {} (removed {n})", c.text)
             }
-            None => format!("iommu: {}", c.text),
+            _ => format!("iommu: {}", c.text),
         }
     }
 
@@ -907,9 +1091,9 @@ impl<'p> Exec<'p> {
         let (op, _) = self.prog.devs[d][st.pc];
         let va = op.va();
         let vn = s.va_name(va);
-        let translate = |e: &mut Self| -> Result<iommu_dev::AtsCompletion, String> {
-            e.iommu
-                .ats_translate(s.devices[d].devid, s.pasid, va & !0xfff, dev_flags())
+        let translate = |e: &mut Self| -> Result<AtsCompletion, String> {
+            e.backend
+                .translate(d, va & !0xfff)
                 .map_err(|err| err.to_string())
         };
         let comp_text = |e: &Self, c: &iommu_dev::AtsCompletion| {
@@ -975,22 +1159,16 @@ impl<'p> Exec<'p> {
         let pc = self.devs[d].pc;
         let va = op.va();
         let vn = s.va_name(va);
-        let mut buf = [0u8; 8];
         let (r, what) = match op {
-            DevOp::Read { .. } => (
-                self.iommu
-                    .dma_read(dev.devid, s.pasid, va, dev_flags(), &mut buf),
-                format!("read {vn}"),
-            ),
+            DevOp::Read { .. } => (self.backend.access(d, va, None), format!("read {vn}")),
             DevOp::Write { value, .. } => (
-                self.iommu
-                    .dma_write(dev.devid, s.pasid, va, dev_flags(), &value.to_le_bytes()),
+                self.backend.access(d, va, Some(value)),
                 format!("write {vn} = {value:#x}"),
             ),
             DevOp::Translate { .. } => unreachable!(),
         };
-        let rep = match r {
-            Ok(rep) => rep,
+        let (c, v) = match r {
+            Ok(x) => x,
             Err(AccessError::AtcMiss { .. }) => {
                 if attempt < s.retries {
                     self.devs[d].mode = Mode::Retranslate(attempt + 1);
@@ -1001,6 +1179,15 @@ impl<'p> Exec<'p> {
                     mode: Mode::Normal,
                 };
                 return format!("{name}: {what}: ATC miss again, gives up");
+            }
+            Err(AccessError::Fault { .. }) => {
+                // A device that translates on a miss itself: the
+                // translation faulted (PRI is off), as a retranslation would.
+                self.devs[d] = DevState {
+                    pc: pc + 1,
+                    mode: Mode::Normal,
+                };
+                return format!("{name}: {what}: the translation faults");
             }
             Err(e) => {
                 self.error = Some(format!("{name}: {what}: {e}"));
@@ -1015,11 +1202,10 @@ impl<'p> Exec<'p> {
             pc: pc + 1,
             mode: Mode::Normal,
         };
-        let c = rep.completion;
         let pa = c.pa_base | (va & ((1u64 << c.size_log2) - 1));
         let page = self.page_of(pa);
         let ptext = self.page_text(pa);
-        for f in self.iommu.oracle().read(16, true).records {
+        for f in self.backend.oracle() {
             let kind = match f.rule {
                 Rule::StalePage => Kind::R1,
                 Rule::StaleWrite => Kind::R2,
@@ -1063,7 +1249,6 @@ impl<'p> Exec<'p> {
                 format!("{name}: write {vn} = {value:#x} into {ptext}")
             }
             _ => {
-                let v = u64::from_le_bytes(buf);
                 if let Some((want, who)) = self.expected[i] {
                     if v != want {
                         let who = match who {
