@@ -227,6 +227,68 @@ struct amdvi_ioc_stats {
 	__u64 mod[AMDVI_STATS_MAX];
 };
 
+/*
+ * Private page tables, for ordering scripts (sim/, docs/ordering-scripts.md).
+ * PT_CREATE builds an x86-64 page table that no CPU uses (4 or 5 levels, as
+ * the guest's paging and the DTE's GPM) and binds it to a PASID on the
+ * endpoints: GCR3[pasid] = its root.  User space then writes its leaf
+ * entries (PT_PTE), the contents of its data pages (PT_PAGE) and sends
+ * invalidations (PT_INV) one by one, in the order a script gives.  A present
+ * leaf may only point to a data page of the same table, and data pages are
+ * freed only when the table is, so the device never reaches other memory.
+ * One table per open file; closing the file unbinds and frees it.
+ */
+#define AMDVI_PT_MAX_PAGES	256	/* data pages per table */
+#define AMDVI_PT_MAX_TABLES	128	/* page-table pages per table */
+#define AMDVI_PT_VA_LIMIT	(1ULL << 47)	/* VAs below this */
+
+struct amdvi_ioc_pt_create {
+	__u32 pasid;			/* in: PASID to bind (1..max_pasid) */
+	__u32 endpoint_mask;		/* in: bit i = endpoint index i; 0 = all */
+	__u32 levels;			/* out: 4 or 5 */
+	__u32 reserved;
+	__u64 root_pa;			/* out */
+};
+
+/* PT_PAGE ops */
+#define AMDVI_PT_PAGE_ALLOC	0	/* a zeroed page: out index, pa */
+#define AMDVI_PT_PAGE_READ	1	/* len bytes at offset to buf */
+#define AMDVI_PT_PAGE_WRITE	2	/* len bytes at offset from buf */
+
+struct amdvi_ioc_pt_page {
+	__u32 op;
+	__u32 index;			/* in: READ/WRITE; out: ALLOC */
+	__u32 offset;			/* offset + len <= 4096 */
+	__u32 len;
+	__u64 buf;			/* user pointer */
+	__u64 pa;			/* out: physical address of the page */
+};
+
+/* PT_PTE ops */
+#define AMDVI_PT_PTE_GET	0	/* value = the leaf entry (0 without a table) */
+#define AMDVI_PT_PTE_SET	1	/* the leaf entry = value (tables allocated) */
+
+struct amdvi_ioc_pt_pte {
+	__u32 op;
+	__u32 reserved;
+	__u64 va;			/* page aligned, below AMDVI_PT_VA_LIMIT */
+	__u64 value;			/* SET: in; GET: out */
+	__u64 old;			/* out: the entry before */
+};
+
+/* PT_INV flags: the commands, in this order, as one COMMANDS request */
+#define AMDVI_INV_IOMMU		(1U << 0)	/* INVALIDATE_IOMMU_PAGES (GN=1, PDE=1) per endpoint domain */
+#define AMDVI_INV_IOTLB		(1U << 1)	/* INVALIDATE_IOTLB_PAGES (GN=1) per endpoint */
+#define AMDVI_INV_WAIT		(1U << 2)	/* then COMPLETION_WAIT, waited for */
+
+struct amdvi_ioc_pt_inv {
+	__u32 flags;
+	__u32 pasid;			/* any PASID (invalidating another one is a test) */
+	__u32 endpoint_mask;		/* 0 = the table's endpoints */
+	__u32 s;			/* S bit of the address */
+	__u64 addr;			/* address in the commands' S encoding, page aligned */
+};
+
 /* ioctl numbers: type letter 'A', numbers from 0x10 (1 and 2 are unusable) */
 #define AMDVI_IOC_INFO		_IOR(AMDVI_IOC_TYPE, 0x10, struct amdvi_ioc_info)
 #define AMDVI_IOC_BIND		_IOWR(AMDVI_IOC_TYPE, 0x11, struct amdvi_ioc_bind)
@@ -239,5 +301,9 @@ struct amdvi_ioc_stats {
 #define AMDVI_IOC_ORACLE_AUDIT	_IOWR(AMDVI_IOC_TYPE, 0x18, struct amdvi_ioc_oracle)
 #define AMDVI_IOC_EPOCH		_IOWR(AMDVI_IOC_TYPE, 0x19, struct amdvi_ioc_epoch)
 #define AMDVI_IOC_STATS		_IOR(AMDVI_IOC_TYPE, 0x1a, struct amdvi_ioc_stats)
+#define AMDVI_IOC_PT_CREATE	_IOWR(AMDVI_IOC_TYPE, 0x1b, struct amdvi_ioc_pt_create)
+#define AMDVI_IOC_PT_PAGE	_IOWR(AMDVI_IOC_TYPE, 0x1c, struct amdvi_ioc_pt_page)
+#define AMDVI_IOC_PT_PTE	_IOWR(AMDVI_IOC_TYPE, 0x1d, struct amdvi_ioc_pt_pte)
+#define AMDVI_IOC_PT_INV	_IOW(AMDVI_IOC_TYPE, 0x1e, struct amdvi_ioc_pt_inv)
 
 #endif /* AMDVI_UAPI_H */

@@ -6,6 +6,7 @@
  * amdvi_iommu.c   device table, GCR3 tables, AMD commands, events, PPR
  * amdvi_sva.c     bind/unbind of an mm to a PASID, mmu_notifier, PPR worker
  * amdvi_chrdev.c  /dev/amdvi
+ * amdvi_pt.c      private page tables for ordering scripts
  */
 #ifndef AMDVI_H
 #define AMDVI_H
@@ -255,6 +256,8 @@ void amdvi_iommu_free(struct amdvi_dev *ad);
 int amdvi_gcr3_set(struct amdvi_dev *ad, unsigned int ep, u32 pasid, u64 cr3);
 int amdvi_flush_pasid(struct amdvi_dev *ad, u32 ep_mask, u32 pasid,
 		      unsigned long start, unsigned long end, bool atomic);
+int amdvi_inv_pages(struct amdvi_dev *ad, u32 ep_mask, u32 pasid, u64 addr,
+		    bool s, u32 flags);
 int amdvi_complete_ppr(struct amdvi_dev *ad, u16 devid, u32 pasid, u16 tag,
 		       u32 code);
 void amdvi_handle_event(struct amdvi_dev *ad, const u8 *entry, u32 dropped);
@@ -270,6 +273,12 @@ void amdvi_unbind(struct amdvi_bond *bond);
 u32 amdvi_bond_pasid(struct amdvi_bond *bond);
 void amdvi_ppr_request(struct amdvi_dev *ad, u16 devid, u32 pasid, u16 tag,
 		       u16 flags, u64 addr);
+
+/* amdvi_pt.c */
+struct amdvi_pt;
+void amdvi_pt_destroy(struct amdvi_pt *pt);
+long amdvi_pt_ioctl(struct amdvi_dev *ad, struct amdvi_pt **ptp,
+		    unsigned int cmd, void __user *arg);
 
 /* amdvi_chrdev.c */
 int amdvi_chrdev_register(struct amdvi_dev *ad);

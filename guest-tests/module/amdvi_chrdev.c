@@ -2,8 +2,9 @@
 /*
  * amdvi_test: /dev/amdvi, the ioctl interface of amdvi_uapi.h.
  *
- * Each open file owns the bonds (PASIDs) it created and the streams it
- * started; closing the file unbinds and stops them.
+ * Each open file owns the bonds (PASIDs) it created, the streams it started
+ * and its private page table (amdvi_pt.c); closing the file unbinds, stops
+ * and frees them.
  */
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
@@ -15,8 +16,9 @@
 
 struct amdvi_file {
 	struct amdvi_dev *ad;
-	struct mutex lock;		/* bonds */
+	struct mutex lock;		/* bonds, pt */
 	struct list_head bonds;
+	struct amdvi_pt *pt;		/* private page table, or NULL */
 };
 
 struct amdvi_file_bond {
@@ -587,6 +589,17 @@ static long amdvi_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		return amdvi_ioc_epoch(af, uarg);
 	case AMDVI_IOC_STATS:
 		return amdvi_ioc_stats(af, uarg);
+	case AMDVI_IOC_PT_CREATE:
+	case AMDVI_IOC_PT_PAGE:
+	case AMDVI_IOC_PT_PTE:
+	case AMDVI_IOC_PT_INV: {
+		long ret;
+
+		mutex_lock(&af->lock);
+		ret = amdvi_pt_ioctl(af->ad, &af->pt, cmd, uarg);
+		mutex_unlock(&af->lock);
+		return ret;
+	}
 	default:
 		return -ENOTTY;
 	}
@@ -599,6 +612,7 @@ static int amdvi_release(struct inode *inode, struct file *filp)
 	struct amdvi_file_bond *fb, *tmp;
 
 	amdvi_stream_stop_owner(ad, af);
+	amdvi_pt_destroy(af->pt);
 	list_for_each_entry_safe(fb, tmp, &af->bonds, node) {
 		list_del(&fb->node);
 		amdvi_unbind(fb->bond);

@@ -312,6 +312,36 @@ int amdvi_flush_pasid(struct amdvi_dev *ad, u32 ep_mask, u32 pasid,
 	return amdvi_cmds_sync(ad, cmds, n, atomic);
 }
 
+/*
+ * One invalidation as an ordering script spells it: INVALIDATE_IOMMU_PAGES
+ * for each endpoint's domain, then INVALIDATE_IOTLB_PAGES for each endpoint
+ * (as @flags asks), for @addr in the S encoding, then COMPLETION_WAIT and
+ * the wait for it when AMDVI_INV_WAIT.  Without the wait the commands have
+ * still run when the COMMANDS response arrives.
+ */
+int amdvi_inv_pages(struct amdvi_dev *ad, u32 ep_mask, u32 pasid, u64 addr,
+		    bool s, u32 flags)
+{
+	struct amdvi_cmd cmds[2 * AMDVI_MAX_ENDPOINTS];
+	unsigned int i, n = 0;
+
+	if (flags & AMDVI_INV_IOMMU)
+		for (i = 0; i < ad->num_ep; i++)
+			if (ep_mask & BIT(i))
+				build_inv_iommu_pages(&cmds[n++],
+						      ad->ep[i].domid, pasid,
+						      addr, s);
+	if (flags & AMDVI_INV_IOTLB)
+		for (i = 0; i < ad->num_ep; i++)
+			if (ep_mask & BIT(i))
+				build_inv_iotlb_pages(&cmds[n++],
+						      ad->ep[i].devid, pasid,
+						      addr, s);
+	if (flags & AMDVI_INV_WAIT)
+		return amdvi_cmds_sync(ad, cmds, n, false);
+	return n ? amdvi_cmds_send(ad, cmds, n) : 0;
+}
+
 int amdvi_complete_ppr(struct amdvi_dev *ad, u16 devid, u32 pasid, u16 tag,
 		       u32 code)
 {
