@@ -3,7 +3,7 @@
 //! accesses still using it, and PRI page-request state.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rustc_hash::FxHashMap;
 
@@ -189,73 +189,52 @@ impl Atc {
     }
 }
 
-/// ATC contents plus the invalidation epoch and generation.
+/// ATC contents and the invalidation generation.
 #[derive(Debug)]
 pub struct AtcState {
     pub atc: Atc,
-    /// Which in-flight counter new accesses join.
-    epoch: usize,
-    /// Bumped by every invalidation: a completion obtained before it is not cached.
+    /// Bumped by every invalidation: a completion obtained before it is not
+    /// cached or used.
     pub gen: u64,
 }
 
-/// In-flight accounting in the style of SRCU: an access joins the current
-/// epoch while it looks up the ATC; an invalidation removes entries, flips the
-/// epoch and waits for the old epoch to drain, so it completes only after
-/// every access that could be using a removed entry has finished.
+/// The ATC behind a reader-writer lock whose read side is the in-flight
+/// set: an access holds it while it looks the translation up and moves the
+/// data, and an invalidation takes the write side, so it completes only
+/// after every access that could be using a removed entry has finished.
+/// Accesses hold it for one page copy at most, so the wait is bounded; new
+/// accesses queue behind a waiting invalidation (the lock prefers writers).
 #[derive(Debug)]
 pub struct AtcGate {
-    pub state: Mutex<AtcState>,
-    inflight: [AtomicU64; 2],
-    inv_lock: Mutex<()>,
-}
-
-/// Held for the duration of one access.
-#[derive(Debug)]
-pub struct InFlight<'a> {
-    gate: &'a AtcGate,
-    idx: usize,
-    /// ATC generation when the access started.
-    pub gen: u64,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.gate.inflight[self.idx].fetch_sub(1, Ordering::Release);
-    }
+    state: RwLock<AtcState>,
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl AtcGate {
     pub fn new(capacity: usize) -> Self {
         AtcGate {
-            state: Mutex::new(AtcState {
+            state: RwLock::new(AtcState {
                 atc: Atc::new(capacity),
-                epoch: 0,
                 gen: 0,
             }),
-            inflight: [AtomicU64::new(0), AtomicU64::new(0)],
-            inv_lock: Mutex::new(()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
-    /// Start an access: look up the ATC and join the in-flight set atomically.
-    pub fn begin(&self, pasid: u32, va: u64) -> (InFlight<'_>, Option<AtcEntry>) {
-        let st = self.state.lock().unwrap();
-        let hit = st.atc.lookup(pasid, va);
-        self.inflight[st.epoch].fetch_add(1, Ordering::AcqRel);
-        (
-            InFlight {
-                gate: self,
-                idx: st.epoch,
-                gen: st.gen,
-            },
-            hit,
-        )
+    /// Join the in-flight set (and read the ATC) until the guard is dropped.
+    pub fn read(&self) -> RwLockReadGuard<'_, AtcState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, AtcState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Cache a completion unless an invalidation happened since `since`.
     pub fn fill(&self, since: u64, pasid: u32, va: u64, c: AtsCompletion) -> bool {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.write();
         if st.gen != since {
             return false;
         }
@@ -263,49 +242,42 @@ impl AtcGate {
         true
     }
 
-    /// Remove matching entries and wait for the accesses that may use them.
-    /// Returns the number removed, or `None` when the wait timed out.
-    pub fn invalidate(
-        &self,
-        pasid: Option<u32>,
-        range: &SRange,
-        timeout: std::time::Duration,
-    ) -> Option<usize> {
-        let _serial = self.inv_lock.lock().unwrap();
-        let (removed, old) = {
-            let mut st = self.state.lock().unwrap();
-            let n = st.atc.invalidate(pasid, range);
-            st.gen += 1;
-            let old = st.epoch;
-            st.epoch ^= 1;
-            (n, old)
-        };
-        self.wait_drained(old, timeout).then_some(removed)
-    }
-
-    fn wait_drained(&self, idx: usize, timeout: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut spins = 0u32;
-        while self.inflight[idx].load(Ordering::Acquire) != 0 {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            spins += 1;
-            if spins < 64 {
-                std::hint::spin_loop();
-            } else if spins < 256 {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(std::time::Duration::from_micros(20));
-            }
-        }
-        true
+    /// Remove matching entries once the accesses in flight have finished.
+    pub fn invalidate(&self, pasid: Option<u32>, range: &SRange) -> usize {
+        let mut st = self.write();
+        st.gen += 1;
+        st.atc.invalidate(pasid, range)
     }
 
     pub fn clear(&self) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.write();
         st.atc.clear();
         st.gen += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().atc.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Count accesses that found a usable entry and those that did not.
+    pub fn count(&self, hits: u32, misses: u32) {
+        if hits > 0 {
+            self.hits.fetch_add(u64::from(hits), Ordering::Relaxed);
+        }
+        if misses > 0 {
+            self.misses.fetch_add(u64::from(misses), Ordering::Relaxed);
+        }
+    }
+
+    pub fn hits_misses(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -499,16 +471,15 @@ mod tests {
             size_log2: 12,
             ..Default::default()
         };
-        let (g, _) = gate.begin(1, 0x1000);
-        assert!(gate.fill(g.gen, 1, 0x1000, c));
-        drop(g);
-        let (access, hit) = gate.begin(1, 0x1000);
-        assert!(hit.is_some());
+        let gen = gate.read().gen;
+        assert!(gate.fill(gen, 1, 0x1000, c));
+        let access = gate.read();
+        assert!(access.atc.lookup(1, 0x1000).is_some());
         let done = Arc::new(AtomicU64::new(0));
         let t = {
             let (gate, done) = (gate.clone(), done.clone());
             std::thread::spawn(move || {
-                let r = gate.invalidate(Some(1), &SRange::EVERYTHING, Duration::from_secs(5));
+                let r = gate.invalidate(Some(1), &SRange::EVERYTHING);
                 done.store(1, Ordering::SeqCst);
                 r
             })
@@ -519,17 +490,12 @@ mod tests {
             0,
             "invalidation completed while the access was in flight"
         );
-        // A completion obtained before the invalidation must not be cached.
-        assert!(!gate.fill(access.gen, 1, 0x1000, c));
+        let seen = access.gen;
         drop(access);
-        assert_eq!(t.join().unwrap(), Some(1));
-        // An access holding the current epoch makes the next invalidation time out.
-        let (_late, _) = gate.begin(1, 0x1000);
-        assert_eq!(
-            gate.invalidate(Some(1), &SRange::EVERYTHING, Duration::from_millis(10)),
-            None,
-            "times out while an access holds the epoch"
-        );
+        assert_eq!(t.join().unwrap(), 1);
+        // A completion obtained before the invalidation must not be cached.
+        assert!(!gate.fill(seen, 1, 0x1000, c));
+        assert!(gate.is_empty());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use vm_memory::atomic::GuestMemoryLoadGuard;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 
 use crate::ats::{AtcEntry, AtcGate, AtsCompletion, Pri, PRG_INVALID, PRG_SUCCESS};
@@ -19,6 +20,9 @@ use crate::oracle::{classify, Finding, Oracle, Rule, Source};
 use crate::regs::{control, efr_image, DevTableBase, RegError, PASID_BITS};
 use crate::srange::SRange;
 use crate::walker::{self, AdUpdate, Dirty, Perms, Request, Start, Translation, WalkFault};
+
+/// How often one access retranslates (page requests, overtaking invalidations).
+const MAX_RETRANSLATIONS: u32 = 8;
 
 /// Parameters of the modelled unit.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,8 +39,6 @@ pub struct IommuConfig {
     pub five_level: bool,
     /// How long an access waits for COMPLETE_PPR_REQUEST.
     pub pri_timeout: Duration,
-    /// How long INVALIDATE_IOTLB_PAGES waits for in-flight accesses.
-    pub inv_timeout: Duration,
     pub event_log_entries: usize,
     pub ppr_log_entries: usize,
 }
@@ -53,7 +55,6 @@ impl Default for IommuConfig {
             oracle_records: 4096,
             five_level: true,
             pri_timeout: Duration::from_secs(5),
-            inv_timeout: Duration::from_secs(1),
             event_log_entries: 512,
             ppr_log_entries: 512,
         }
@@ -125,8 +126,6 @@ pub struct Stats {
     pub iotlb_hits: AtomicU64,
     pub iotlb_misses: AtomicU64,
     pub pwc_hits: AtomicU64,
-    pub atc_hits: AtomicU64,
-    pub atc_misses: AtomicU64,
     pub ats_requests: AtomicU64,
     pub ats_faults: AtomicU64,
     pub page_requests: AtomicU64,
@@ -229,7 +228,9 @@ enum Xlate {
 pub struct Iommu {
     cfg: IommuConfig,
     efr: u64,
-    mem: RwLock<GuestMemoryAtomic<Mem>>,
+    mem: GuestMemoryAtomic<Mem>,
+    /// Bumped when the memory map changes; ports refresh on it.
+    mem_gen: AtomicU64,
     regs: RwLock<Regs>,
     dte_cache: Mutex<DteCache<DteInfo>>,
     iotlb: Mutex<Iotlb>,
@@ -260,7 +261,8 @@ impl Iommu {
     pub fn new(cfg: IommuConfig, mem: GuestMemoryAtomic<Mem>) -> Self {
         Iommu {
             efr: efr_image(cfg.five_level),
-            mem: RwLock::new(mem),
+            mem: GuestMemoryAtomic::from(mem.memory().into_inner()),
+            mem_gen: AtomicU64::new(0),
             regs: RwLock::new(Regs::default()),
             dte_cache: Mutex::new(DteCache::new(cfg.dte_cache_entries)),
             iotlb: Mutex::new(Iotlb::new(cfg.iotlb_entries)),
@@ -295,15 +297,16 @@ impl Iommu {
         self.efr
     }
 
+    /// Take the current memory map of `mem` (after the frontend sent a new
+    /// memory table); operations in progress finish on the old one.
     pub fn set_memory(&self, mem: GuestMemoryAtomic<Mem>) {
-        *self.mem.write().unwrap() = mem;
+        let map = (*mem.memory()).clone();
+        self.mem.lock().expect("memory map lock").replace(map);
+        self.mem_gen.fetch_add(1, Ordering::AcqRel);
     }
 
-    fn memory(&self) -> Arc<Mem> {
-        // One snapshot per operation; a memory-table update takes effect for the next one.
-        let atomic = self.mem.read().unwrap();
-        let guard = atomic.memory();
-        guard.into_inner()
+    fn memory(&self) -> GuestMemoryLoadGuard<Mem> {
+        self.mem.memory()
     }
 
     pub fn set_tracer(&self, t: Option<Arc<dyn Tracer>>) {
@@ -405,6 +408,10 @@ impl Iommu {
         let s = &self.stats;
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let findings: u64 = self.oracle.counts()[..4].iter().sum();
+        let atc = self.endpoints.iter().fold((0, 0), |(h, m), ep| {
+            let (eh, em) = ep.gate.hits_misses();
+            (h + eh, m + em)
+        });
         vec![
             ("commands", g(&s.commands)),
             ("completion_waits", g(&s.completion_waits)),
@@ -412,8 +419,8 @@ impl Iommu {
             ("iotlb_hits", g(&s.iotlb_hits)),
             ("iotlb_misses", g(&s.iotlb_misses)),
             ("pwc_hits", g(&s.pwc_hits)),
-            ("atc_hits", g(&s.atc_hits)),
-            ("atc_misses", g(&s.atc_misses)),
+            ("atc_hits", atc.0),
+            ("atc_misses", atc.1),
             ("ats_requests", g(&s.ats_requests)),
             ("ats_faults", g(&s.ats_faults)),
             ("page_requests", g(&s.page_requests)),
@@ -714,17 +721,27 @@ impl Iommu {
         va: u64,
         flags: AccessFlags,
     ) -> Result<AtsCompletion, AccessError> {
+        self.ats_translate_in(&self.memory(), devid, pasid, va, flags)
+    }
+
+    fn ats_translate_in(
+        &self,
+        mem: &Mem,
+        devid: u16,
+        pasid: u32,
+        va: u64,
+        flags: AccessFlags,
+    ) -> Result<AtsCompletion, AccessError> {
         let ep = self.endpoint_checked(devid, pasid)?;
-        let mem = self.memory();
-        let (guard, _) = ep.gate.begin(pasid, va);
-        let c = self.ats_request(&mem, devid, pasid, va, flags)?;
+        let gen = ep.gate.read().gen;
+        let c = self.ats_request(mem, devid, pasid, va, flags)?;
         if !c.is_fault()
             && self
                 .faults
                 .check(FaultPoint::AtcFill, Some(devid), Some(pasid))
                 .is_none()
         {
-            ep.gate.fill(guard.gen, pasid, va & !0xfff, c);
+            ep.gate.fill(gen, pasid, va & !0xfff, c);
         }
         Ok(c)
     }
@@ -738,7 +755,7 @@ impl Iommu {
         flags: AccessFlags,
         buf: &mut [u8],
     ) -> Result<AccessReport, AccessError> {
-        self.dma(devid, pasid, va, flags, Buf::Read(buf))
+        self.dma(&self.memory(), devid, pasid, va, flags, Buf::Read(buf))
     }
 
     /// Endpoint DMA write through the ATC.
@@ -750,37 +767,47 @@ impl Iommu {
         flags: AccessFlags,
         data: &[u8],
     ) -> Result<AccessReport, AccessError> {
-        self.dma(
-            devid,
-            pasid,
-            va,
-            AccessFlags {
-                no_write: false,
-                ..flags
-            },
-            Buf::Write(data),
-        )
+        self.dma(&self.memory(), devid, pasid, va, flags, Buf::Write(data))
+    }
+
+    /// A device's own path to the IOMMU and memory, for a thread that makes
+    /// many accesses: it keeps the memory map until the frontend changes it.
+    pub fn port(&self) -> Port<'_> {
+        Port {
+            iommu: self,
+            gen: self.mem_gen.load(Ordering::Acquire),
+            mem: self.memory().into_inner(),
+        }
     }
 
     fn dma(
         &self,
+        mem: &Mem,
         devid: u16,
         pasid: u32,
         va: u64,
         flags: AccessFlags,
         mut buf: Buf<'_>,
     ) -> Result<AccessReport, AccessError> {
+        let flags = AccessFlags {
+            no_write: flags.no_write && !buf.is_write(),
+            ..flags
+        };
         let ep = self.endpoint_checked(devid, pasid)?;
-        let mem = self.memory();
         let mut rep = AccessReport::default();
         let len = buf.len();
         let mut done = 0usize;
         while done < len {
             let cur = va.wrapping_add(done as u64);
             let n = (0x1000 - (cur & 0xfff) as usize).min(len - done);
-            self.access_page(&mem, ep, pasid, cur, flags, &mut buf, done, n, &mut rep)?;
+            let r = self.access_page(mem, ep, pasid, cur, flags, &mut buf, done, n, &mut rep);
+            if r.is_err() {
+                ep.gate.count(rep.atc_hits, rep.atc_misses);
+            }
+            r?;
             done += n;
         }
+        ep.gate.count(rep.atc_hits, rep.atc_misses);
         Ok(rep)
     }
 
@@ -803,59 +830,87 @@ impl Iommu {
         }
         let mut rounds = 0;
         loop {
-            let (guard, hit) = ep.gate.begin(pasid, va);
-            let entry = match hit.filter(|e| e.completion.allows(write)) {
-                Some(e) => {
-                    inc(&self.stats.atc_hits);
+            // Hit: the data moves while the ATC's read side is held, so an
+            // invalidation of this entry waits for the access (§8.3).
+            let gen = {
+                let st = ep.gate.read();
+                if let Some(e) = st
+                    .atc
+                    .lookup(pasid, va)
+                    .filter(|e| e.completion.allows(write))
+                {
                     rep.atc_hits += 1;
-                    e
+                    return self.move_data(mem, ep.devid, pasid, va, write, &e, buf, off, n, rep);
                 }
-                None if flags.atc_only => return Err(AccessError::AtcMiss { va }),
-                None => {
-                    inc(&self.stats.atc_misses);
-                    rep.atc_misses += 1;
-                    let c = self.ats_request(mem, ep.devid, pasid, va, flags)?;
-                    rep.completion = c;
-                    if c.allows(write) {
-                        if self
-                            .faults
-                            .check(FaultPoint::AtcFill, Some(ep.devid), Some(pasid))
-                            .is_none()
-                        {
-                            ep.gate.fill(guard.gen, pasid, va, c);
-                        }
-                        let size = c.size_log2;
-                        AtcEntry {
-                            pasid,
-                            va_base: va & !((1u64 << size) - 1),
-                            completion: c,
-                        }
-                    } else {
-                        drop(guard);
-                        rounds += 1;
-                        if flags.no_pri || rounds > 4 {
-                            return Err(AccessError::Fault { va });
-                        }
-                        rep.page_requests += 1;
-                        match self.page_request(mem, ep, pasid, va, write, flags)? {
-                            PRG_SUCCESS => continue,
-                            _ => return Err(AccessError::Fault { va }),
-                        }
-                    }
+                if flags.atc_only {
+                    return Err(AccessError::AtcMiss { va });
                 }
+                st.gen
             };
-            rep.completion = entry.completion;
-            let pa = entry.pa(va);
-            match buf {
-                Buf::Read(b) => mem::read(mem, pa, &mut b[off..off + n])?,
-                Buf::Write(d) => mem::write(mem, pa, &d[off..off + n])?,
+            rep.atc_misses += 1;
+            let c = self.ats_request(mem, ep.devid, pasid, va, flags)?;
+            rep.completion = c;
+            if c.allows(write) {
+                if self
+                    .faults
+                    .check(FaultPoint::AtcFill, Some(ep.devid), Some(pasid))
+                    .is_none()
+                {
+                    ep.gate.fill(gen, pasid, va, c);
+                }
+                // Use the completion unless an invalidation overtook it.
+                let st = ep.gate.read();
+                if st.gen == gen {
+                    let e = AtcEntry {
+                        pasid,
+                        va_base: va & !((1u64 << c.size_log2) - 1),
+                        completion: c,
+                    };
+                    return self.move_data(mem, ep.devid, pasid, va, write, &e, buf, off, n, rep);
+                }
+                rounds += 1;
+                if rounds > MAX_RETRANSLATIONS {
+                    return Err(AccessError::Fault { va });
+                }
+                continue;
             }
-            if self.oracle.enabled() {
-                self.oracle_check(mem, ep.devid, pasid, va, write, pa, Source::Atc);
+            rounds += 1;
+            if flags.no_pri || rounds > MAX_RETRANSLATIONS {
+                return Err(AccessError::Fault { va });
             }
-            drop(guard);
-            return Ok(());
+            rep.page_requests += 1;
+            match self.page_request(mem, ep, pasid, va, write, flags)? {
+                PRG_SUCCESS => continue,
+                _ => return Err(AccessError::Fault { va }),
+            }
         }
+    }
+
+    /// The translated access itself, with the oracle's check while it is in flight.
+    #[allow(clippy::too_many_arguments)]
+    fn move_data(
+        &self,
+        mem: &Mem,
+        devid: u16,
+        pasid: u32,
+        va: u64,
+        write: bool,
+        e: &AtcEntry,
+        buf: &mut Buf<'_>,
+        off: usize,
+        n: usize,
+        rep: &mut AccessReport,
+    ) -> Result<(), AccessError> {
+        rep.completion = e.completion;
+        let pa = e.pa(va);
+        match buf {
+            Buf::Read(b) => mem::read(mem, pa, &mut b[off..off + n])?,
+            Buf::Write(d) => mem::write(mem, pa, &d[off..off + n])?,
+        }
+        if self.oracle.enabled() {
+            self.oracle_check(mem, devid, pasid, va, write, pa, Source::Atc);
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1119,7 +1174,7 @@ impl Iommu {
                 bad
             };
         for ep in &self.endpoints {
-            let entries = ep.gate.state.lock().unwrap().atc.entries(pasid, va, len);
+            let entries = ep.gate.read().atc.entries(pasid, va, len);
             for e in entries {
                 let c = e.completion;
                 for (p, cached, pte) in check_leaf(
@@ -1308,15 +1363,15 @@ impl Iommu {
                         log::debug!("ATC invalidation for {devid:#06x} dropped by a fault rule")
                     }
                     Some(_) => self.log_event(Event::iotlb_inv_timeout(devid, gpa)),
-                    None => match ep.gate.invalidate(pasid, &range, self.cfg.inv_timeout) {
-                        Some(removed) => self.trace(TraceEvent::AtcInvalidate {
+                    None => {
+                        let removed = ep.gate.invalidate(pasid, &range);
+                        self.trace(TraceEvent::AtcInvalidate {
                             devid,
                             pasid,
                             range,
                             removed,
-                        }),
-                        None => self.log_event(Event::iotlb_inv_timeout(devid, gpa)),
-                    },
+                        });
+                    }
                 }
             }
             Command::InvalidateInterruptTable { .. } => {}
@@ -1358,16 +1413,69 @@ impl Iommu {
 
     /// Cached entries (IOTLB, walk cache, all ATCs) — for tests and benches.
     pub fn cache_sizes(&self) -> (usize, usize, usize) {
-        let atc = self
-            .endpoints
-            .iter()
-            .map(|e| e.gate.state.lock().unwrap().atc.len())
-            .sum();
+        let atc = self.endpoints.iter().map(|e| e.gate.len()).sum();
         (
             self.iotlb.lock().unwrap().len(),
             self.pwc.lock().unwrap().len(),
             atc,
         )
+    }
+}
+
+/// See [`Iommu::port`].
+#[derive(Debug)]
+pub struct Port<'a> {
+    iommu: &'a Iommu,
+    gen: u64,
+    mem: Arc<Mem>,
+}
+
+impl Port<'_> {
+    fn mem(&mut self) -> &Mem {
+        let gen = self.iommu.mem_gen.load(Ordering::Acquire);
+        if gen != self.gen {
+            self.mem = self.iommu.memory().into_inner();
+            self.gen = gen;
+        }
+        &self.mem
+    }
+
+    /// As [`Iommu::ats_translate`].
+    pub fn ats_translate(
+        &mut self,
+        devid: u16,
+        pasid: u32,
+        va: u64,
+        flags: AccessFlags,
+    ) -> Result<AtsCompletion, AccessError> {
+        let iommu = self.iommu;
+        iommu.ats_translate_in(self.mem(), devid, pasid, va, flags)
+    }
+
+    /// As [`Iommu::dma_read`].
+    pub fn dma_read(
+        &mut self,
+        devid: u16,
+        pasid: u32,
+        va: u64,
+        flags: AccessFlags,
+        buf: &mut [u8],
+    ) -> Result<AccessReport, AccessError> {
+        let iommu = self.iommu;
+        iommu.dma(self.mem(), devid, pasid, va, flags, Buf::Read(buf))
+    }
+
+    /// As [`Iommu::dma_write`].
+    pub fn dma_write(
+        &mut self,
+        devid: u16,
+        pasid: u32,
+        va: u64,
+        flags: AccessFlags,
+        data: &[u8],
+    ) -> Result<AccessReport, AccessError> {
+        let iommu = self.iommu;
+        iommu.dma(self.mem(), devid, pasid, va, flags, Buf::Write(data))
     }
 }
 

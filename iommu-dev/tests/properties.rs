@@ -248,7 +248,7 @@ proptest! {
         for (slot, v) in &words {
             mem::store_u64(&m, slot * 8, *v).unwrap();
         }
-        let cfg = IommuConfig { endpoints: vec![0x10, 0x11], pri_timeout: Duration::from_millis(1), inv_timeout: Duration::from_millis(5), ..Default::default() };
+        let cfg = IommuConfig { endpoints: vec![0x10, 0x11], pri_timeout: Duration::from_millis(1), ..Default::default() };
         let iommu = Iommu::new(cfg, GuestMemoryAtomic::new(m));
         let _ = iommu.set_device_table(devtab, control);
         let _ = iommu.set_device_table(DevTableBase::encode(0, 1), control);

@@ -33,7 +33,6 @@ struct FileConfig {
     oracle_records: Option<u32>,
     five_level: Option<bool>,
     pri_timeout_ms: Option<u32>,
-    inv_timeout_ms: Option<u32>,
     event_log_entries: Option<u32>,
     ppr_log_entries: Option<u32>,
     event_backlog: Option<u32>,
@@ -77,7 +76,6 @@ impl Default for DaemonConfig {
                 oracle_records: 4096,
                 five_level: true,
                 pri_timeout: Duration::from_millis(2000),
-                inv_timeout: Duration::from_millis(1000),
                 event_log_entries: 512,
                 ppr_log_entries: 512,
             },
@@ -190,12 +188,6 @@ impl DaemonConfig {
             "pri_timeout_ms",
             fc.pri_timeout_ms,
             i.pri_timeout.as_millis() as usize,
-            600_000,
-        )? as u64);
-        i.inv_timeout = Duration::from_millis(pos(
-            "inv_timeout_ms",
-            fc.inv_timeout_ms,
-            i.inv_timeout.as_millis() as usize,
             600_000,
         )? as u64);
         // `event_backlog` bounds both logs unless they are given one by one:
