@@ -4,7 +4,8 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test test-rust lint fmt bench clean sim deps run test-vm test-negative vm-bins
+.PHONY: all build test test-rust lint fmt bench clean sim deps run test-vm test-negative vm-bins \
+	script-bin test-scripts-vm
 
 all: build
 
@@ -29,7 +30,7 @@ SIM_SCRIPTS ?= $(sort $(wildcard sim/scripts/*.amdvi))
 sim:
 	$(CARGO) run --release -q -p amdvi-sim -- $(SIM_SCRIPTS)
 
-test: lint test-rust sim test-vm test-negative
+test: lint test-rust sim test-vm test-negative test-scripts-vm
 
 bench:
 	$(CARGO) bench -p iommu-dev
@@ -74,3 +75,23 @@ test-negative: deps vm-bins
 		--expect-caught r1 --json build/negative-end-only.json
 	$(AMDVI_RUN) --kver 6.12 --filter 'cow_*' --config configs/broken-atc.toml \
 		--expect-caught r1,stale --json build/negative-broken-atc.json
+
+# Ordering scripts in the guest: one 6.12 boot runs every shipped script's
+# literal order on a private page table against the daemon (amdvi-script),
+# and amdvi-run checks that each guest verdict equals amdvi-sim --literal's.
+# Then the negative control: with configs/broken-atc.toml the correct-order
+# COW script must turn UNSAFE in the guest (R1), agreeing with
+# amdvi-sim --literal --fault atc_invalidate:drop.
+SCRIPT_TARGET := x86_64-unknown-linux-gnu
+SCRIPT_BIN := $(TARGET_DIR)/$(SCRIPT_TARGET)/release/amdvi-script
+
+script-bin:
+	RUSTFLAGS="-C target-feature=+crt-static -C strip=debuginfo" \
+		$(CARGO) build --release --target $(SCRIPT_TARGET) -p amdvi-script
+
+test-scripts-vm: deps vm-bins script-bin
+	$(AMDVI_RUN) --kver 6.12 --script-bin $(SCRIPT_BIN) --scripts $(SIM_SCRIPTS) \
+		--json build/results-scripts.json
+	$(AMDVI_RUN) --kver 6.12 --script-bin $(SCRIPT_BIN) --scripts sim/scripts/cow-correct.amdvi \
+		--config configs/broken-atc.toml --sim-fault atc_invalidate:drop \
+		--expect-caught r1 --json build/negative-scripts-broken-atc.json

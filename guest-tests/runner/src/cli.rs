@@ -133,6 +133,22 @@ pub struct Args {
     #[arg(long, value_name = "RULES", value_delimiter = ',')]
     pub expect_caught: Vec<FindingRule>,
 
+    /// Ordering scripts (sim/scripts/*.amdvi) to run in the guest instead of
+    /// the suite: the guest's amdvi-script runs each literal order against the
+    /// daemon, and each guest verdict must equal `amdvi-sim --literal`'s.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    pub scripts: Vec<PathBuf>,
+
+    /// The static amdvi-script binary for --scripts [default:
+    /// target/x86_64-unknown-linux-gnu/release/amdvi-script; `make script-bin`].
+    #[arg(long, value_name = "PATH")]
+    pub script_bin: Option<PathBuf>,
+
+    /// A fault rule the daemon has (its --config), POINT:ACTION, for the
+    /// simulator's reference verdicts of --scripts (repeatable).
+    #[arg(long = "sim-fault", value_name = "POINT:ACTION")]
+    pub sim_faults: Vec<String>,
+
     /// Results file [default: build/results.json].
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -198,6 +214,17 @@ mod tests {
         assert_eq!(a.carrier, CarrierChoice::TestDevice);
         assert_eq!(a.verbose, 2);
         assert!(Args::try_parse_from(["amdvi-run", "--paging", "3"]).is_err());
+        let a = Args::try_parse_from([
+            "amdvi-run",
+            "--scripts",
+            "a.amdvi",
+            "b.amdvi",
+            "--sim-fault",
+            "atc_invalidate:drop",
+        ])
+        .unwrap();
+        assert_eq!(a.scripts.len(), 2);
+        assert_eq!(a.sim_faults, ["atc_invalidate:drop"]);
         assert_eq!(CarrierChoice::Auto.resolve((10, 0, 2)), Carrier::Gpio);
         assert_eq!(CarrierChoice::Auto.resolve((10, 2, 0)), Carrier::TestDevice);
         assert_eq!(CarrierChoice::Gpio.resolve((10, 2, 0)), Carrier::Gpio);

@@ -29,6 +29,9 @@ pub struct Spec {
     pub test_module: Option<PathBuf>,
     /// Programs installed in `/bin`.
     pub programs: Vec<PathBuf>,
+    /// Ordering scripts installed in `/scripts` (their presence makes
+    /// `/init` run `amdvi-script` instead of the suite).
+    pub scripts: Vec<PathBuf>,
 }
 
 /// What went into the image.
@@ -192,6 +195,13 @@ pub fn build(spec: &Spec, out: &Path) -> Result<Summary> {
             continue;
         }
         files.push(Entry::symlink(&applet, "/bin/busybox"));
+    }
+    for p in &spec.scripts {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push(Entry::file(&format!("scripts/{name}"), 0o644, read(p)?));
     }
     let test_module = spec.test_module.as_deref().map(read).transpose()?;
     let modules = kernel_modules(spec, test_module.as_deref())?;

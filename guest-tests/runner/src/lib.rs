@@ -16,3 +16,4 @@ pub mod ktap;
 pub mod qemu;
 pub mod report;
 pub mod run;
+pub mod scripts;

@@ -23,6 +23,7 @@ use crate::kmod;
 use crate::ktap::{self, Event, Status};
 use crate::qemu::{self, Carrier, GuestArgs, Paging, QemuConfig};
 use crate::report::{self, Observations, Verdict};
+use crate::scripts;
 
 /// Longest path a Unix socket address can hold (sun_path minus the NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -396,6 +397,7 @@ struct RunJson<'a> {
     observations: &'a Observations,
     plan: Option<u32>,
     scenarios: Vec<ScenarioJson<'a>>,
+    scripts: &'a [scripts::ScriptCheck],
     ktap_errors: &'a [String],
     console_log: String,
     daemon_log: Option<String>,
@@ -566,7 +568,29 @@ fn run(args: &Args) -> Result<i32> {
 
     // The guest image.
     let module = test_module(args, &root, &release)?;
-    let programs = test_programs(args, &root)?;
+    let mut programs = test_programs(args, &root)?;
+    if !args.scripts.is_empty() {
+        let bin = args.script_bin.clone().unwrap_or_else(|| {
+            short(&root.join("target/x86_64-unknown-linux-gnu/release/amdvi-script"))
+        });
+        if !bin.is_file() {
+            return Err(Error::Setup(format!(
+                "{} not found: build it with `make script-bin` or pass --script-bin",
+                bin.display()
+            )));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &args.scripts {
+            if !names.insert(scripts::test_name(p)) {
+                return Err(Error::Setup(format!(
+                    "--scripts: two scripts named {}",
+                    p.display()
+                )));
+            }
+            amdvi_sim::load(&p.to_string_lossy()).map_err(|e| Error::Setup(e.to_string()))?;
+        }
+        programs.push(bin);
+    }
     let modules_dir = PathBuf::from(format!("/lib/modules/{release}"));
     let spec = initramfs::Spec {
         busybox: PathBuf::from("/bin/busybox"),
@@ -578,6 +602,7 @@ fn run(args: &Args) -> Result<i32> {
             .then_some(modules_dir),
         test_module: module,
         programs,
+        scripts: args.scripts.clone(),
     };
     initramfs::build(&spec, &initrd)?;
 
@@ -782,7 +807,16 @@ fn run(args: &Args) -> Result<i32> {
     }
 
     let report = parser.finish();
-    let verdict = report::judge(&report, &obs);
+    let mut verdict = report::judge(&report, &obs);
+    let (script_checks, script_problems) = if args.scripts.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        scripts::check(&args.scripts, &args.sim_faults, &report.results)
+    };
+    if !script_problems.is_empty() {
+        verdict.problems.extend(script_problems);
+        verdict.exit_code = 1;
+    }
 
     println!();
     println!(
@@ -814,6 +848,17 @@ fn run(args: &Args) -> Result<i32> {
                 t.diagnostics.len() - 5
             );
         }
+    }
+    if !script_checks.is_empty() {
+        println!(
+            "ordering scripts: guest literal order vs amdvi-sim --literal{}",
+            if args.sim_faults.is_empty() {
+                String::new()
+            } else {
+                format!(" --fault {}", args.sim_faults.join(" --fault "))
+            }
+        );
+        print!("{}", scripts::table(&script_checks));
     }
     if !verdict.problems.is_empty() {
         println!("problems:");
@@ -856,6 +901,7 @@ fn run(args: &Args) -> Result<i32> {
         observations: &obs,
         plan: report.plan,
         scenarios,
+        scripts: &script_checks,
         ktap_errors: &report.errors,
         console_log: console_log.display().to_string(),
         daemon_log: daemon_child

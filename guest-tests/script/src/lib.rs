@@ -62,11 +62,6 @@ pub fn ktap_test(
     let name = test_name(&s.path);
     let mut out = String::new();
     let _ = writeln!(out, "# {header}");
-    if let Some(l) = l {
-        for line in timeline(&l.recs, true, None).lines() {
-            let _ = writeln!(out, "# {line}");
-        }
-    }
     let (result, status) = match o {
         Outcome::Ran {
             verdict,
@@ -92,6 +87,12 @@ pub fn ktap_test(
         }
         Outcome::Skip(why) => ("skip", format!("ok {n} {name} # SKIP {why}")),
     };
+    // The timeline after the verdict, so the first lines say what happened.
+    if let Some(l) = l {
+        for line in timeline(&l.recs, true, None).lines() {
+            let _ = writeln!(out, "# {line}");
+        }
+    }
     let _ = writeln!(
         out,
         "# amdvi-result: name={name} result={result} accesses={} r1={} r2={} r3={} r4={} stale={} ms={ms}",
