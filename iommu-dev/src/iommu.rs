@@ -9,7 +9,7 @@ use std::time::Duration;
 use vm_memory::atomic::GuestMemoryLoadGuard;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 
-use crate::ats::{AtcEntry, AtcGate, AtsCompletion, Pri, PRG_INVALID, PRG_SUCCESS};
+use crate::ats::{AtcGate, AtsCompletion, Pri, PRG_INVALID, PRG_SUCCESS};
 use crate::cache::{DteCache, Iotlb, Pwc, Tag, TlbEntry};
 use crate::command::{Command, CommandError};
 use crate::dte::{gcr3_lookup, Dte, DteInfo, Gcr3Fault};
@@ -840,7 +840,18 @@ impl Iommu {
                     .filter(|e| e.completion.allows(write))
                 {
                     rep.atc_hits += 1;
-                    return self.move_data(mem, ep.devid, pasid, va, write, &e, buf, off, n, rep);
+                    rep.completion = e.completion;
+                    return self.move_data(
+                        mem,
+                        ep.devid,
+                        pasid,
+                        va,
+                        e.pa(va),
+                        Source::Atc,
+                        buf,
+                        off,
+                        n,
+                    );
                 }
                 if flags.atc_only {
                     return Err(AccessError::AtcMiss { va });
@@ -861,12 +872,8 @@ impl Iommu {
                 // Use the completion unless an invalidation overtook it.
                 let st = ep.gate.read();
                 if st.gen == gen {
-                    let e = AtcEntry {
-                        pasid,
-                        va_base: va & !((1u64 << c.size_log2) - 1),
-                        completion: c,
-                    };
-                    return self.move_data(mem, ep.devid, pasid, va, write, &e, buf, off, n, rep);
+                    let pa = c.pa_base | (va & ((1u64 << c.size_log2) - 1));
+                    return self.move_data(mem, ep.devid, pasid, va, pa, Source::Atc, buf, off, n);
                 }
                 rounds += 1;
                 if rounds > MAX_RETRANSLATIONS {
@@ -894,21 +901,19 @@ impl Iommu {
         devid: u16,
         pasid: u32,
         va: u64,
-        write: bool,
-        e: &AtcEntry,
+        pa: u64,
+        source: Source,
         buf: &mut Buf<'_>,
         off: usize,
         n: usize,
-        rep: &mut AccessReport,
     ) -> Result<(), AccessError> {
-        rep.completion = e.completion;
-        let pa = e.pa(va);
+        let write = buf.is_write();
         match buf {
             Buf::Read(b) => mem::read(mem, pa, &mut b[off..off + n])?,
             Buf::Write(d) => mem::write(mem, pa, &d[off..off + n])?,
         }
         if self.oracle.enabled() {
-            self.oracle_check(mem, devid, pasid, va, write, pa, Source::Atc);
+            self.oracle_check(mem, devid, pasid, va, write, pa, source);
         }
         Ok(())
     }
@@ -965,14 +970,7 @@ impl Iommu {
                     size_log2: e.size_log2,
                     ..Default::default()
                 };
-                match buf {
-                    Buf::Read(b) => mem::read(mem, pa, &mut b[off..off + n])?,
-                    Buf::Write(d) => mem::write(mem, pa, &d[off..off + n])?,
-                }
-                if self.oracle.enabled() {
-                    self.oracle_check(mem, devid, pasid, va, write, pa, Source::Iotlb);
-                }
-                Ok(())
+                self.move_data(mem, devid, pasid, va, pa, Source::Iotlb, buf, off, n)
             }
         }
     }
