@@ -755,7 +755,18 @@ impl Iommu {
         flags: AccessFlags,
         buf: &mut [u8],
     ) -> Result<AccessReport, AccessError> {
-        self.dma(&self.memory(), devid, pasid, va, flags, Buf::Read(buf))
+        let mut tally = Tally::default();
+        let r = self.dma(
+            &self.memory(),
+            devid,
+            pasid,
+            va,
+            flags,
+            Buf::Read(buf),
+            &mut tally,
+        );
+        tally.flush(self);
+        r
     }
 
     /// Endpoint DMA write through the ATC.
@@ -767,7 +778,18 @@ impl Iommu {
         flags: AccessFlags,
         data: &[u8],
     ) -> Result<AccessReport, AccessError> {
-        self.dma(&self.memory(), devid, pasid, va, flags, Buf::Write(data))
+        let mut tally = Tally::default();
+        let r = self.dma(
+            &self.memory(),
+            devid,
+            pasid,
+            va,
+            flags,
+            Buf::Write(data),
+            &mut tally,
+        );
+        tally.flush(self);
+        r
     }
 
     /// A device's own path to the IOMMU and memory, for a thread that makes
@@ -777,9 +799,11 @@ impl Iommu {
             iommu: self,
             gen: self.mem_gen.load(Ordering::Acquire),
             mem: self.memory().into_inner(),
+            tally: Tally::default(),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn dma(
         &self,
         mem: &Mem,
@@ -788,12 +812,18 @@ impl Iommu {
         va: u64,
         flags: AccessFlags,
         mut buf: Buf<'_>,
+        tally: &mut Tally,
     ) -> Result<AccessReport, AccessError> {
         let flags = AccessFlags {
             no_write: flags.no_write && !buf.is_write(),
             ..flags
         };
         let ep = self.endpoint_checked(devid, pasid)?;
+        let idx = self
+            .endpoints
+            .iter()
+            .position(|e| e.devid == devid)
+            .unwrap_or(0);
         let mut rep = AccessReport::default();
         let len = buf.len();
         let mut done = 0usize;
@@ -802,12 +832,12 @@ impl Iommu {
             let n = (0x1000 - (cur & 0xfff) as usize).min(len - done);
             let r = self.access_page(mem, ep, pasid, cur, flags, &mut buf, done, n, &mut rep);
             if r.is_err() {
-                ep.gate.count(rep.atc_hits, rep.atc_misses);
+                tally.add(idx, &rep);
             }
             r?;
             done += n;
         }
-        ep.gate.count(rep.atc_hits, rep.atc_misses);
+        tally.add(idx, &rep);
         Ok(rep)
     }
 
@@ -1420,22 +1450,65 @@ impl Iommu {
     }
 }
 
-/// See [`Iommu::port`].
+/// ATC hits and misses per endpoint, kept locally and added to the shared
+/// counters in batches (one atomic add per batch, not per access).
+#[derive(Debug, Default)]
+struct Tally {
+    counts: Vec<(u32, u32)>,
+    pending: u32,
+}
+
+impl Tally {
+    const BATCH: u32 = 1024;
+
+    fn add(&mut self, idx: usize, rep: &AccessReport) {
+        if self.counts.len() <= idx {
+            self.counts.resize(idx + 1, (0, 0));
+        }
+        let c = &mut self.counts[idx];
+        c.0 += rep.atc_hits;
+        c.1 += rep.atc_misses;
+        self.pending += 1;
+    }
+
+    fn flush_if_due(&mut self, iommu: &Iommu) {
+        if self.pending >= Self::BATCH {
+            self.flush(iommu);
+        }
+    }
+
+    fn flush(&mut self, iommu: &Iommu) {
+        for (ep, c) in iommu.endpoints.iter().zip(self.counts.iter_mut()) {
+            ep.gate.count(c.0, c.1);
+            *c = (0, 0);
+        }
+        self.pending = 0;
+    }
+}
+
+/// See [`Iommu::port`]. ATC hit/miss counters reach `Iommu::counters` in
+/// batches of 1024 accesses and when the port is dropped.
 #[derive(Debug)]
 pub struct Port<'a> {
     iommu: &'a Iommu,
     gen: u64,
     mem: Arc<Mem>,
+    tally: Tally,
+}
+
+impl Drop for Port<'_> {
+    fn drop(&mut self) {
+        self.tally.flush(self.iommu);
+    }
 }
 
 impl Port<'_> {
-    fn mem(&mut self) -> &Mem {
+    fn refresh(&mut self) {
         let gen = self.iommu.mem_gen.load(Ordering::Acquire);
         if gen != self.gen {
             self.mem = self.iommu.memory().into_inner();
             self.gen = gen;
         }
-        &self.mem
     }
 
     /// As [`Iommu::ats_translate`].
@@ -1446,8 +1519,9 @@ impl Port<'_> {
         va: u64,
         flags: AccessFlags,
     ) -> Result<AtsCompletion, AccessError> {
-        let iommu = self.iommu;
-        iommu.ats_translate_in(self.mem(), devid, pasid, va, flags)
+        self.refresh();
+        self.iommu
+            .ats_translate_in(&self.mem, devid, pasid, va, flags)
     }
 
     /// As [`Iommu::dma_read`].
@@ -1460,7 +1534,18 @@ impl Port<'_> {
         buf: &mut [u8],
     ) -> Result<AccessReport, AccessError> {
         let iommu = self.iommu;
-        iommu.dma(self.mem(), devid, pasid, va, flags, Buf::Read(buf))
+        self.refresh();
+        let r = iommu.dma(
+            &self.mem,
+            devid,
+            pasid,
+            va,
+            flags,
+            Buf::Read(buf),
+            &mut self.tally,
+        );
+        self.tally.flush_if_due(iommu);
+        r
     }
 
     /// As [`Iommu::dma_write`].
@@ -1473,7 +1558,18 @@ impl Port<'_> {
         data: &[u8],
     ) -> Result<AccessReport, AccessError> {
         let iommu = self.iommu;
-        iommu.dma(self.mem(), devid, pasid, va, flags, Buf::Write(data))
+        self.refresh();
+        let r = iommu.dma(
+            &self.mem,
+            devid,
+            pasid,
+            va,
+            flags,
+            Buf::Write(data),
+            &mut self.tally,
+        );
+        self.tally.flush_if_due(iommu);
+        r
     }
 }
 
