@@ -1154,11 +1154,13 @@ impl Iommu {
         let mut report = |f: Finding| {
             count += 1;
             if out.len() < max {
-                out.push(Finding {
+                let f = Finding {
                     seq: self.oracle.next_seq(),
                     epoch,
                     ..f
-                });
+                };
+                self.trace(TraceEvent::Finding(f));
+                out.push(f);
             }
         };
         let stale =
@@ -1201,9 +1203,12 @@ impl Iommu {
                 }
                 bad
             };
+        // Each cache stays locked while its entries are checked (for the ATC
+        // the read side, which an invalidation waits for): an entry reported
+        // was still cached when its PTE was read.
         for ep in &self.endpoints {
-            let entries = ep.gate.read().atc.entries(pasid, va, len);
-            for e in entries {
+            let st = ep.gate.read();
+            for e in st.atc.entries(pasid, va, len) {
                 let c = e.completion;
                 for (p, cached, pte) in check_leaf(
                     ep.devid,
@@ -1231,8 +1236,8 @@ impl Iommu {
                 })
                 .map(|ep| ep.devid)
         };
-        let tlb = self.iotlb.lock().unwrap().entries(pasid, va, len);
-        for (tag, e) in tlb {
+        let tlb = self.iotlb.lock().unwrap();
+        for (tag, e) in tlb.entries(pasid, va, len) {
             match domain_dev(tag.domain_id) {
                 Some(dev) => {
                     for (p, cached, pte) in check_leaf(
@@ -1249,8 +1254,9 @@ impl Iommu {
                 None => report(stale(0xffff, Source::Iotlb, e.va_base, e.pa_base, 0)),
             }
         }
-        let pwc = self.pwc.lock().unwrap().entries(pasid, va, len);
-        for (_, base, e) in pwc {
+        drop(tlb);
+        let pwc = self.pwc.lock().unwrap();
+        for (_, base, e) in pwc.entries(pasid, va, len) {
             let now = mem::load_u64(&mem, e.entry.gpa).unwrap_or(0);
             let ignore = walker::PTE_A | walker::PTE_D;
             if (now & !ignore) != (e.entry.value & !ignore) {

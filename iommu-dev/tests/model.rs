@@ -456,6 +456,33 @@ fn walk_cache_is_used_and_audited() {
     let _ = old;
 }
 
+/// What the audit reports also reaches the tracer (the daemon's --trace),
+/// so a stale entry can be placed among the commands and walks around it.
+#[test]
+fn audit_findings_are_traced() {
+    #[derive(Default)]
+    struct Findings(std::sync::Mutex<Vec<iommu_dev::Finding>>);
+    impl iommu_dev::Tracer for Findings {
+        fn trace(&self, ev: &iommu_dev::TraceEvent) {
+            if let iommu_dev::TraceEvent::Finding(f) = ev {
+                self.0.lock().unwrap().push(*f);
+            }
+        }
+    }
+    let mut g = Guest::new(4);
+    g.map_pages(2);
+    let t = std::sync::Arc::new(Findings::default());
+    g.iommu.set_tracer(Some(t.clone()));
+    g.iommu.ats_translate(DEVID, PASID, VA, RW).unwrap();
+    g.set_pte(VA, 0);
+    let (stale, n) = g.iommu.audit(PASID, VA, 0x2000, 16).unwrap();
+    assert_eq!(n, 2, "{stale:?}");
+    assert_eq!(*t.0.lock().unwrap(), stale);
+    assert!(stale
+        .iter()
+        .all(|f| f.rule == Rule::Stale && f.va == VA && f.current_pte == 0));
+}
+
 /// Each oracle rule, triggered and not triggered.
 #[test]
 fn oracle_rules() {
