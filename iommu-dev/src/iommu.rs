@@ -818,12 +818,13 @@ impl Iommu {
             no_write: flags.no_write && !buf.is_write(),
             ..flags
         };
-        let ep = self.endpoint_checked(devid, pasid)?;
+        Self::check_pasid(pasid)?;
         let idx = self
             .endpoints
             .iter()
             .position(|e| e.devid == devid)
-            .unwrap_or(0);
+            .ok_or(AccessError::NoEndpoint(devid))?;
+        let ep = &self.endpoints[idx];
         let mut rep = AccessReport::default();
         let len = buf.len();
         let mut done = 0usize;
