@@ -1540,19 +1540,7 @@ impl Port<'_> {
         flags: AccessFlags,
         buf: &mut [u8],
     ) -> Result<AccessReport, AccessError> {
-        let iommu = self.iommu;
-        self.refresh();
-        let r = iommu.dma(
-            &self.mem,
-            devid,
-            pasid,
-            va,
-            flags,
-            Buf::Read(buf),
-            &mut self.tally,
-        );
-        self.tally.flush_if_due(iommu);
-        r
+        self.dma(devid, pasid, va, flags, Buf::Read(buf))
     }
 
     /// As [`Iommu::dma_write`].
@@ -1564,17 +1552,20 @@ impl Port<'_> {
         flags: AccessFlags,
         data: &[u8],
     ) -> Result<AccessReport, AccessError> {
+        self.dma(devid, pasid, va, flags, Buf::Write(data))
+    }
+
+    fn dma(
+        &mut self,
+        devid: u16,
+        pasid: u32,
+        va: u64,
+        flags: AccessFlags,
+        buf: Buf<'_>,
+    ) -> Result<AccessReport, AccessError> {
         let iommu = self.iommu;
         self.refresh();
-        let r = iommu.dma(
-            &self.mem,
-            devid,
-            pasid,
-            va,
-            flags,
-            Buf::Write(data),
-            &mut self.tally,
-        );
+        let r = iommu.dma(&self.mem, devid, pasid, va, flags, buf, &mut self.tally);
         self.tally.flush_if_due(iommu);
         r
     }
