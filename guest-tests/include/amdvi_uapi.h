@@ -289,6 +289,50 @@ struct amdvi_ioc_pt_inv {
 	__u64 addr;			/* address in the commands' S encoding, page aligned */
 };
 
+/*
+ * EVENTS: what the module's event-log decoder received (docs/protocol.md
+ * §3), by event code (§5.1, 0..15): how many entries and the last entry of
+ * each code, DW0..DW3 as the device wrote it.  count[] are the module
+ * counters AMDVI_MC_EVENT_TYPE0 + code of STATS, read together with last[].
+ */
+#define AMDVI_EVENT_CODES	16
+
+struct amdvi_ioc_events {
+	__u64 count[AMDVI_EVENT_CODES];		/* out */
+	__u32 last[AMDVI_EVENT_CODES][4];	/* out: zeros before the first */
+	__u64 dropped;				/* out: AMDVI_MC_EVENTS_DROPPED */
+};
+
+/*
+ * Test-only ioctls, for the error paths a correct driver never takes.
+ *
+ * RAW_CMDS sends 1..AMDVI_RAW_CMDS_MAX AMD commands (4 dwords each) exactly
+ * as given as one COMMANDS request, without a COMPLETION_WAIT, and returns
+ * the device's answer.  COMPLETION_WAIT commands are refused (-EINVAL): their
+ * store would write wherever user space said.
+ */
+#define AMDVI_RAW_CMDS_MAX	16
+
+struct amdvi_ioc_raw_cmds {
+	__u64 cmds;			/* in: user pointer to count x __u32[4] */
+	__u32 count;			/* in */
+	__u32 status;			/* out: device status of COMMANDS */
+	__u32 executed;			/* out: commands completed */
+	__u32 reserved;
+	__u64 illegal_gpa;		/* out: GPA of the illegal command, or 0 */
+};
+
+/*
+ * DTE_ATS clears (ats = 0) or sets again (ats = 1) the I bit (ATS allowed)
+ * of an endpoint's DTE, then sends INVALIDATE_DEVTAB_ENTRY + COMPLETION_WAIT
+ * and waits for it.  Closing the file sets the bit again on every endpoint
+ * this file cleared it on.
+ */
+struct amdvi_ioc_dte_ats {
+	__u32 endpoint;			/* index into endpoint_devid */
+	__u32 ats;			/* 0 or 1 */
+};
+
 /* ioctl numbers: type letter 'A', numbers from 0x10 (1 and 2 are unusable) */
 #define AMDVI_IOC_INFO		_IOR(AMDVI_IOC_TYPE, 0x10, struct amdvi_ioc_info)
 #define AMDVI_IOC_BIND		_IOWR(AMDVI_IOC_TYPE, 0x11, struct amdvi_ioc_bind)
@@ -305,5 +349,8 @@ struct amdvi_ioc_pt_inv {
 #define AMDVI_IOC_PT_PAGE	_IOWR(AMDVI_IOC_TYPE, 0x1c, struct amdvi_ioc_pt_page)
 #define AMDVI_IOC_PT_PTE	_IOWR(AMDVI_IOC_TYPE, 0x1d, struct amdvi_ioc_pt_pte)
 #define AMDVI_IOC_PT_INV	_IOW(AMDVI_IOC_TYPE, 0x1e, struct amdvi_ioc_pt_inv)
+#define AMDVI_IOC_EVENTS	_IOR(AMDVI_IOC_TYPE, 0x1f, struct amdvi_ioc_events)
+#define AMDVI_IOC_RAW_CMDS	_IOWR(AMDVI_IOC_TYPE, 0x20, struct amdvi_ioc_raw_cmds)
+#define AMDVI_IOC_DTE_ATS	_IOW(AMDVI_IOC_TYPE, 0x21, struct amdvi_ioc_dte_ats)
 
 #endif /* AMDVI_UAPI_H */

@@ -165,6 +165,8 @@ struct amdvi_dev {
 	struct workqueue_struct *ev_wq;
 	struct work_struct ev_work;
 	void *ev_buf[AMDVI_EV_BUFS];
+	spinlock_t ev_last_lock;	/* ev_last, event counters by code */
+	u32 ev_last[AMDVI_EVENT_CODES][4];	/* last event of each code */
 
 	/* INFO, parsed */
 	struct amdvi_info info;
@@ -261,6 +263,10 @@ int amdvi_inv_pages(struct amdvi_dev *ad, u32 ep_mask, u32 pasid, u64 addr,
 int amdvi_complete_ppr(struct amdvi_dev *ad, u16 devid, u32 pasid, u16 tag,
 		       u32 code);
 void amdvi_handle_event(struct amdvi_dev *ad, const u8 *entry, u32 dropped);
+void amdvi_events_read(struct amdvi_dev *ad, struct amdvi_ioc_events *u);
+int amdvi_cmds_raw(struct amdvi_dev *ad, const struct amdvi_cmd *cmds,
+		   unsigned int n, u32 *executed, u64 *illegal_gpa);
+int amdvi_dte_set_ats(struct amdvi_dev *ad, unsigned int ep, bool ats);
 void amdvi_handle_ppr(struct amdvi_dev *ad, const u8 *entry, u32 dropped);
 int amdvi_send_epoch(struct amdvi_dev *ad);
 int amdvi_ep_index(struct amdvi_dev *ad, u16 devid);

@@ -19,6 +19,7 @@ struct amdvi_file {
 	struct mutex lock;		/* bonds, pt */
 	struct list_head bonds;
 	struct amdvi_pt *pt;		/* private page table, or NULL */
+	u32 ats_off;			/* endpoints whose DTE.I this file cleared */
 };
 
 struct amdvi_file_bond {
@@ -506,6 +507,66 @@ static int amdvi_ioc_info(struct amdvi_file *af, void __user *arg)
 	return ret;
 }
 
+/* ---- event log and test-only error paths ---- */
+
+static int amdvi_ioc_events(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_ioc_events *u;
+	int ret;
+
+	u = kzalloc(sizeof(*u), GFP_KERNEL);
+	if (!u)
+		return -ENOMEM;
+	amdvi_events_read(af->ad, u);
+	ret = copy_to_user(arg, u, sizeof(*u)) ? -EFAULT : 0;
+	kfree(u);
+	return ret;
+}
+
+static int amdvi_ioc_raw_cmds(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_cmd cmds[AMDVI_RAW_CMDS_MAX];
+	struct amdvi_ioc_raw_cmds u;
+	unsigned int i;
+	int ret;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	if (!u.count || u.count > AMDVI_RAW_CMDS_MAX || u.reserved)
+		return -EINVAL;
+	if (copy_from_user(cmds, u64_to_user_ptr(u.cmds),
+			   u.count * sizeof(cmds[0])))
+		return -EFAULT;
+	for (i = 0; i < u.count; i++)
+		if ((cmds[i].data[1] >> 28) == CMD_COMPL_WAIT)
+			return -EINVAL;
+	ret = amdvi_cmds_raw(af->ad, cmds, u.count, &u.executed,
+			     &u.illegal_gpa);
+	if (ret < 0)
+		return ret;
+	u.status = ret;
+	return copy_to_user(arg, &u, sizeof(u)) ? -EFAULT : 0;
+}
+
+static int amdvi_ioc_dte_ats(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_ioc_dte_ats u;
+	int ret;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	if (u.endpoint >= af->ad->num_ep || u.ats > 1)
+		return -EINVAL;
+	mutex_lock(&af->lock);
+	ret = amdvi_dte_set_ats(af->ad, u.endpoint, u.ats);
+	if (u.ats && !ret)
+		af->ats_off &= ~BIT(u.endpoint);
+	else if (!u.ats)
+		af->ats_off |= BIT(u.endpoint);	/* restored at close */
+	mutex_unlock(&af->lock);
+	return ret;
+}
+
 /* ---- bind / unbind ---- */
 
 static int amdvi_ioc_bind(struct amdvi_file *af, void __user *arg)
@@ -589,6 +650,12 @@ static long amdvi_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		return amdvi_ioc_epoch(af, uarg);
 	case AMDVI_IOC_STATS:
 		return amdvi_ioc_stats(af, uarg);
+	case AMDVI_IOC_EVENTS:
+		return amdvi_ioc_events(af, uarg);
+	case AMDVI_IOC_RAW_CMDS:
+		return amdvi_ioc_raw_cmds(af, uarg);
+	case AMDVI_IOC_DTE_ATS:
+		return amdvi_ioc_dte_ats(af, uarg);
 	case AMDVI_IOC_PT_CREATE:
 	case AMDVI_IOC_PT_PAGE:
 	case AMDVI_IOC_PT_PTE:
@@ -610,9 +677,15 @@ static int amdvi_release(struct inode *inode, struct file *filp)
 	struct amdvi_file *af = filp->private_data;
 	struct amdvi_dev *ad = af->ad;
 	struct amdvi_file_bond *fb, *tmp;
+	unsigned int i;
 
 	amdvi_stream_stop_owner(ad, af);
 	amdvi_pt_destroy(af->pt);
+	for (i = 0; i < ad->num_ep; i++)
+		if ((af->ats_off & BIT(i)) && !READ_ONCE(ad->dead) &&
+		    amdvi_dte_set_ats(ad, i, true))
+			dev_err(ad->dev, "cannot set DTE.I of endpoint %u again\n",
+				i);
 	list_for_each_entry_safe(fb, tmp, &af->bonds, node) {
 		list_del(&fb->node);
 		amdvi_unbind(fb->bond);

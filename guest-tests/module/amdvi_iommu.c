@@ -287,6 +287,46 @@ static int amdvi_cmds_send(struct amdvi_dev *ad, const struct amdvi_cmd *cmds,
 }
 
 /*
+ * Test hook (AMDVI_IOC_RAW_CMDS): send @cmds exactly as given, without a
+ * COMPLETION_WAIT, and return the device status (>= 0) or -errno, with the
+ * response body when the device wrote it.
+ */
+int amdvi_cmds_raw(struct amdvi_dev *ad, const struct amdvi_cmd *cmds,
+		   unsigned int n, u32 *executed, u64 *illegal_gpa)
+{
+	struct amdvi_commands_resp *resp;
+	struct amdvi_req *req;
+	int status;
+
+	*executed = 0;
+	*illegal_gpa = 0;
+	if (!n || n > AMDVI_MAX_COMMANDS)
+		return -EINVAL;
+	req = amdvi_cmds_req(cmds, n, 0, GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	amdvi_count(ad, AMDVI_MC_CMD_BATCHES);
+	amdvi_count_add(ad, AMDVI_MC_CMDS, n);
+	status = amdvi_request(ad, req, true);
+	if (status >= 0 &&
+	    req->used >= sizeof(req->resp) + sizeof(*resp)) {
+		resp = req->rbody;
+		*executed = le32_to_cpu(resp->executed);
+		*illegal_gpa = le64_to_cpu(resp->illegal_gpa);
+	} else if (status == AMDVI_S_OK) {
+		status = -EIO;		/* OK without its response body */
+	}
+	if (status > 0) {
+		amdvi_count(ad, AMDVI_MC_CMD_ERRORS);
+		dev_info_ratelimited(ad->dev,
+				     "raw COMMANDS: status %d, executed %u, illegal command at 0x%llx\n",
+				     status, *executed, *illegal_gpa);
+	}
+	amdvi_req_put(req);
+	return status;
+}
+
+/*
  * Flush the IOMMU TLB/walk caches (INVALIDATE_IOMMU_PAGES, GN=1, PDE) and
  * the endpoints' ATCs (INVALIDATE_IOTLB_PAGES, GN=1) of @pasid for
  * [start, end) on every endpoint in @ep_mask, then COMPLETION_WAIT.
@@ -429,6 +469,31 @@ static void amdvi_write_dte(struct amdvi_dev *ad, unsigned int ep)
 	WRITE_ONCE(dte[0], q0);
 	dev_dbg(ad->dev, "DTE[%04x] = %016llx %016llx %016llx %016llx\n",
 		es->devid, q0, q1, q2, 0ULL);
+}
+
+/*
+ * Test hook (AMDVI_IOC_DTE_ATS): clear or set DTE.I (ATS allowed) of
+ * endpoint @ep, then INVALIDATE_DEVTAB_ENTRY + COMPLETION_WAIT.  Only the
+ * I bit of quadword 1 changes, in one store: the DTE stays valid throughout.
+ */
+int amdvi_dte_set_ats(struct amdvi_dev *ad, unsigned int ep, bool ats)
+{
+	struct amdvi_cmd cmd;
+	u64 *dte, q1;
+	int ret;
+
+	if (ep >= ad->num_ep)
+		return -EINVAL;
+	mutex_lock(&ad->cfg_lock);
+	dte = ad->dev_table + (size_t)ad->ep[ep].devid * (DTE_ENTRY_SIZE / 8);
+	q1 = READ_ONCE(dte[1]);
+	q1 = ats ? q1 | DTE_Q1_I : q1 & ~DTE_Q1_I;
+	WRITE_ONCE(dte[1], q1);
+	build_inv_dte(&cmd, ad->ep[ep].devid);
+	ret = amdvi_cmds_sync(ad, &cmd, 1, false);
+	mutex_unlock(&ad->cfg_lock);
+	dev_dbg(ad->dev, "DTE[%04x].I = %d: %d\n", ad->ep[ep].devid, ats, ret);
+	return ret;
 }
 
 static int amdvi_set_devtab(struct amdvi_dev *ad)
@@ -631,10 +696,14 @@ void amdvi_handle_event(struct amdvi_dev *ad, const u8 *entry, u32 dropped)
 	slot = PCI_SLOT(devid & 0xff);
 	fn = PCI_FUNC(devid & 0xff);
 
+	spin_lock(&ad->ev_last_lock);
+	memcpy(ad->ev_last[type], dw, sizeof(ad->ev_last[type]));
 	amdvi_count(ad, AMDVI_MC_EVENTS);
 	amdvi_count(ad, AMDVI_MC_EVENT_TYPE0 + type);
-	if (dropped) {
+	if (dropped)
 		amdvi_count_add(ad, AMDVI_MC_EVENTS_DROPPED, dropped);
+	spin_unlock(&ad->ev_last_lock);
+	if (dropped) {
 		dev_warn_ratelimited(dev, "Event log overflow: %u event(s) dropped\n",
 				     dropped);
 	}
@@ -690,6 +759,19 @@ void amdvi_handle_event(struct amdvi_dev *ad, const u8 *entry, u32 dropped)
 				     amdvi_event_names[type] ?: "UNKNOWN",
 				     dw[0], dw[1], dw[2], dw[3]);
 	}
+}
+
+void amdvi_events_read(struct amdvi_dev *ad, struct amdvi_ioc_events *u)
+{
+	unsigned int i;
+
+	BUILD_BUG_ON(AMDVI_MC_EVENT_TYPE0 + AMDVI_EVENT_CODES > AMDVI_MC_NR);
+	spin_lock(&ad->ev_last_lock);
+	for (i = 0; i < AMDVI_EVENT_CODES; i++)
+		u->count[i] = atomic64_read(&ad->ctr[AMDVI_MC_EVENT_TYPE0 + i]);
+	memcpy(u->last, ad->ev_last, sizeof(u->last));
+	u->dropped = atomic64_read(&ad->ctr[AMDVI_MC_EVENTS_DROPPED]);
+	spin_unlock(&ad->ev_last_lock);
 }
 
 /* ---- §6 PPR log ---- */

@@ -455,6 +455,7 @@ static int amdvi_probe(struct virtio_device *vdev)
 	spin_lock_init(&ad->req_lock);
 	init_waitqueue_head(&ad->req_wait);
 	spin_lock_init(&ad->ev_lock);
+	spin_lock_init(&ad->ev_last_lock);
 	INIT_WORK(&ad->ev_work, amdvi_ev_work);
 	mutex_init(&ad->cfg_lock);
 	mutex_init(&ad->stream_lock);

@@ -75,6 +75,28 @@ int dev_epoch(int fd, uint32_t op, uint64_t value, uint64_t *now)
 	return ret;
 }
 
+int dev_events(int fd, struct amdvi_ioc_events *ev)
+{
+	memset(ev, 0, sizeof(*ev));
+	return xioctl(fd, AMDVI_IOC_EVENTS, ev);
+}
+
+int dev_raw_cmds(int fd, const uint32_t *cmds, uint32_t n,
+		 struct amdvi_ioc_raw_cmds *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->cmds = (uintptr_t)cmds;
+	out->count = n;
+	return xioctl(fd, AMDVI_IOC_RAW_CMDS, out);
+}
+
+int dev_dte_ats(int fd, unsigned int ep, int ats)
+{
+	struct amdvi_ioc_dte_ats d = { .endpoint = ep, .ats = !!ats };
+
+	return xioctl(fd, AMDVI_IOC_DTE_ATS, &d);
+}
+
 int dev_access(int fd, unsigned int ep, uint32_t pasid, uint8_t op,
 	       uint8_t flags, uint64_t va, void *buf, uint32_t len,
 	       struct amdvi_ioc_access *out)

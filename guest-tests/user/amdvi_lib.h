@@ -16,6 +16,8 @@
 #define ST_OK			0
 #define ST_TRANSLATION_FAULT	5
 #define ST_OUT_OF_RANGE		4
+#define ST_ILLEGAL_COMMAND	6
+#define ST_DEVICE_ERROR		9
 
 const char *status_name(uint32_t st);
 
@@ -25,6 +27,11 @@ int dev_bind(int fd, uint32_t mask, uint32_t *pasid);
 int dev_unbind(int fd, uint32_t pasid);
 int dev_stats(int fd, struct amdvi_ioc_stats *st);
 int dev_epoch(int fd, uint32_t op, uint64_t value, uint64_t *now);
+int dev_events(int fd, struct amdvi_ioc_events *ev);
+/* RAW_CMDS: @n commands of 4 dwords at @cmds; 0 with out->status, or -errno */
+int dev_raw_cmds(int fd, const uint32_t *cmds, uint32_t n,
+		 struct amdvi_ioc_raw_cmds *out);
+int dev_dte_ats(int fd, unsigned int ep, int ats);
 
 /* One ENDPOINT access; returns the device status (>= 0) or -errno. */
 int dev_access(int fd, unsigned int ep, uint32_t pasid, uint8_t op,
