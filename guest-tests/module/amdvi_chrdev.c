@@ -106,15 +106,18 @@ static void amdvi_stream_forget(struct amdvi_dev *ad, struct amdvi_stream *st)
 	atomic64_dec(&ad->ctr[AMDVI_MC_STREAMS_ACTIVE]);
 }
 
-/* Stop (release) every stream on @pasid; used by the PASID teardown. */
-void amdvi_stream_stop_pasid(struct amdvi_dev *ad, u32 pasid)
+/* Stop (release) every stream for which @match(@st, @arg) holds. */
+static void amdvi_stream_stop_if(struct amdvi_dev *ad,
+				 bool (*match)(struct amdvi_stream *st,
+					       const void *arg),
+				 const void *arg)
 {
 	struct amdvi_stream *st, *tmp;
 	LIST_HEAD(stop);
 
 	mutex_lock(&ad->stream_lock);
 	list_for_each_entry_safe(st, tmp, &ad->streams, node) {
-		if (st->pasid == pasid) {
+		if (match(st, arg)) {
 			amdvi_stream_forget(ad, st);
 			list_add(&st->node, &stop);
 		}
@@ -126,24 +129,20 @@ void amdvi_stream_stop_pasid(struct amdvi_dev *ad, u32 pasid)
 	}
 }
 
-static void amdvi_stream_stop_owner(struct amdvi_dev *ad,
-				    struct amdvi_file *af)
+static bool amdvi_stream_on_pasid(struct amdvi_stream *st, const void *arg)
 {
-	struct amdvi_stream *st, *tmp;
-	LIST_HEAD(stop);
+	return st->pasid == *(const u32 *)arg;
+}
 
-	mutex_lock(&ad->stream_lock);
-	list_for_each_entry_safe(st, tmp, &ad->streams, node) {
-		if (st->owner == af) {
-			amdvi_stream_forget(ad, st);
-			list_add(&st->node, &stop);
-		}
-	}
-	mutex_unlock(&ad->stream_lock);
-	list_for_each_entry_safe(st, tmp, &stop, node) {
-		amdvi_stream_stop_req(ad, st->id, false, NULL, NULL);
-		kfree(st);
-	}
+static bool amdvi_stream_of_file(struct amdvi_stream *st, const void *arg)
+{
+	return st->owner == arg;
+}
+
+/* Stop (release) every stream on @pasid; used by the PASID teardown. */
+void amdvi_stream_stop_pasid(struct amdvi_dev *ad, u32 pasid)
+{
+	amdvi_stream_stop_if(ad, amdvi_stream_on_pasid, &pasid);
 }
 
 static int amdvi_ioc_stream_start(struct amdvi_file *af, void __user *arg)
@@ -679,7 +678,7 @@ static int amdvi_release(struct inode *inode, struct file *filp)
 	struct amdvi_file_bond *fb, *tmp;
 	unsigned int i;
 
-	amdvi_stream_stop_owner(ad, af);
+	amdvi_stream_stop_if(ad, amdvi_stream_of_file, af);
 	amdvi_pt_destroy(af->pt);
 	for (i = 0; i < ad->num_ep; i++)
 		if ((af->ats_off & BIT(i)) && !READ_ONCE(ad->dead) &&
