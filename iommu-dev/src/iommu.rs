@@ -210,13 +210,6 @@ struct Regs {
     control: u64,
 }
 
-/// Why the DTE could not be used; the event has been logged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DteFailure {
-    NotReady,
-    Logged,
-}
-
 /// Outcome of the IOMMU side of an ATS translation request.
 enum Xlate {
     Ok(TlbEntry),
@@ -437,13 +430,15 @@ impl Iommu {
         ]
     }
 
-    fn dte(&self, mem: &Mem, devid: u16, ats: bool) -> Result<DteInfo, DteFailure> {
+    /// The DTE of `devid` (cached, or read and checked); a failure has been
+    /// logged as the event hardware would write, and `va` names the request.
+    fn dte(&self, mem: &Mem, devid: u16, ats: bool, va: u64) -> Result<DteInfo, AccessError> {
         let regs = *self.regs.read().unwrap();
         let Some(dt) = regs
             .devtab
             .filter(|_| regs.control & control::IOMMU_EN != 0)
         else {
-            return Err(DteFailure::NotReady);
+            return Err(AccessError::NotReady);
         };
         if let Some(d) = self.dte_cache.lock().unwrap().get(devid) {
             return Ok(d);
@@ -451,14 +446,14 @@ impl Iommu {
         let tr = if ats { flag::TR } else { 0 };
         if u32::from(devid) >= dt.entries {
             self.log_event(Event::invalid_device_request(devid, 0, tr, 2, 0));
-            return Err(DteFailure::Logged);
+            return Err(AccessError::Device { va });
         }
         let gen = self.gen.load(Ordering::Acquire);
         let raw = match Dte::read(mem, dt.base, devid) {
             Ok(d) => d,
             Err(e) => {
                 self.log_event(Event::dev_tab_hw_error(devid, tr, e.gpa));
-                return Err(DteFailure::Logged);
+                return Err(AccessError::Device { va });
             }
         };
         match raw.decode(self.cfg.five_level, regs.control & control::EPH_EN != 0) {
@@ -472,7 +467,7 @@ impl Iommu {
             Err(err) => {
                 log::warn!("device {devid:#06x}: illegal DTE: {err}");
                 self.log_event(Event::illegal_dte(devid, 0, flag::RZ | tr, 0));
-                Err(DteFailure::Logged)
+                Err(AccessError::Device { va })
             }
         }
     }
@@ -492,6 +487,10 @@ impl Iommu {
         dirty: Dirty,
         ats: bool,
     ) -> Result<Xlate, ()> {
+        // A PASID beyond what the GCR3 table's levels index has no entry.
+        if pasid >> (9 * (u32::from(dte.glx) + 1)) != 0 {
+            return Ok(Xlate::Fault);
+        }
         let tag = Tag {
             domain_id: dte.domain_id,
             pasid,
@@ -644,11 +643,7 @@ impl Iommu {
         flags: AccessFlags,
     ) -> Result<AtsCompletion, AccessError> {
         inc(&self.stats.ats_requests);
-        let dte = match self.dte(mem, devid, true) {
-            Ok(d) => d,
-            Err(DteFailure::NotReady) => return Err(AccessError::NotReady),
-            Err(DteFailure::Logged) => return Err(AccessError::Device { va }),
-        };
+        let dte = self.dte(mem, devid, true, va)?;
         let gt_en = self.control() & control::GT_EN != 0;
         if !dte.v || !dte.tv || !dte.iotlb || !dte.gv || !gt_en {
             let kind = if gt_en {
@@ -675,13 +670,7 @@ impl Iommu {
         } else {
             Dirty::IfWritable
         };
-        let fits = pasid >> (9 * (u32::from(dte.glx) + 1)) == 0;
-        let x = if fits {
-            self.translate(mem, devid, &dte, pasid, va, req, dirty, true)
-        } else {
-            Ok(Xlate::Fault)
-        };
-        let c = match x {
+        let c = match self.translate(mem, devid, &dte, pasid, va, req, dirty, true) {
             Err(()) => return Err(AccessError::Device { va }),
             Ok(Xlate::Fault) => {
                 inc(&self.stats.ats_faults);
@@ -963,11 +952,7 @@ impl Iommu {
         rep: &mut AccessReport,
     ) -> Result<(), AccessError> {
         let write = buf.is_write();
-        let dte = match self.dte(mem, devid, false) {
-            Ok(d) => d,
-            Err(DteFailure::NotReady) => return Err(AccessError::NotReady),
-            Err(DteFailure::Logged) => return Err(AccessError::Device { va }),
-        };
+        let dte = self.dte(mem, devid, false, va)?;
         if !dte.v || !dte.tv || !dte.gv || self.control() & control::GT_EN == 0 {
             // No guest translation for PASID-tagged DMA: target abort.
             self.log_event(Event::io_page_fault(
@@ -983,13 +968,7 @@ impl Iommu {
             exec: flags.exec,
             privileged: flags.privileged,
         };
-        let fits = pasid >> (9 * (u32::from(dte.glx) + 1)) == 0;
-        let x = if fits {
-            self.translate(mem, devid, &dte, pasid, va, req, Dirty::OnWrite, false)
-        } else {
-            Ok(Xlate::Fault)
-        };
-        match x {
+        match self.translate(mem, devid, &dte, pasid, va, req, Dirty::OnWrite, false) {
             Err(()) => Err(AccessError::Device { va }),
             Ok(Xlate::Fault) => Err(AccessError::Fault { va }),
             Ok(Xlate::Ok(e)) => {
@@ -1048,7 +1027,7 @@ impl Iommu {
         };
         let ctl = self.control();
         let dte_ppr_ok = self
-            .dte(mem, ep.devid, true)
+            .dte(mem, ep.devid, true, va)
             .is_ok_and(|d| d.ppr || ctl & control::EPH_EN == 0);
         let dropped = self
             .faults
