@@ -983,28 +983,6 @@ fn correct_order_never_r1_under_concurrency() {
             });
             let pte = |pa: u64| pa | USER_RW | PTE_A | PTE_D;
             let leaf = iommu_dev::pgtable::Tables::new(&g.mem, 4, POOL).entry_gpa(VA, 1);
-            let flush = |g: &Guest| {
-                let range = SRange::decode(VA, false);
-                let cmds = [
-                    Command::InvalidateIommuPages {
-                        domain_id: DOMAIN,
-                        pasid: PASID,
-                        gn: true,
-                        pde: true,
-                        range,
-                    },
-                    Command::InvalidateIotlbPages {
-                        devid: DEVID,
-                        pasid: PASID,
-                        gn: true,
-                        maxpend: 0,
-                        queue_id: DEVID,
-                        range,
-                    },
-                ];
-                let raw: Vec<_> = cmds.iter().map(|c| (CMDS, c.encode())).collect();
-                g.iommu.execute(&raw);
-            };
             // The broken order runs until the oracle has seen it (the device
             // thread may be starved on a loaded machine), at most 10 s.
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -1018,12 +996,12 @@ fn correct_order_never_r1_under_concurrency() {
                     }
                     mem::store_u64(&g.mem, leaf, pte(new)).unwrap();
                     thread::sleep(Duration::from_micros(50));
-                    flush(&g);
+                    assert!(g.flush(VA, VA + 0xfff));
                 } else if i == 300 {
                     break;
                 } else {
                     mem::store_u64(&g.mem, leaf, 0).unwrap();
-                    flush(&g);
+                    assert!(g.flush(VA, VA + 0xfff));
                     mem::store_u64(&g.mem, leaf, pte(new)).unwrap();
                 }
             }
