@@ -343,6 +343,32 @@ impl VhostUserAmdviBackend {
     }
 }
 
+/// Refuses a memory table with a region that reaches past the end of its
+/// file: the first access there would kill the daemon with SIGBUS.
+///
+/// A file the frontend shrinks after this check is not defended: catching
+/// SIGBUS in the middle of arbitrary Rust code is not a robust recovery, and
+/// refusing unsealed files would refuse QEMU's memory-backend-file.
+fn check_region_files(mem: &Mem) -> io::Result<()> {
+    for r in mem.iter() {
+        let Some(fo) = r.file_offset() else { continue };
+        let have = fo.file().metadata()?.len();
+        let need = fo.start().checked_add(r.len()).unwrap_or(u64::MAX);
+        if have < need {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "region at GPA {:#x}: {:#x} bytes at file offset {:#x}, but the file has {have:#x} bytes",
+                    r.start_addr().raw_value(),
+                    r.len(),
+                    fo.start()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl VhostUserBackend for VhostUserAmdviBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -384,6 +410,13 @@ impl VhostUserBackend for VhostUserAmdviBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
+        if let Err(e) = check_region_files(&mem.memory()) {
+            log::error!("memory table refused: {e}");
+            // The library has already published the table to the vrings:
+            // withdraw it, so that no access can fault past a file's end.
+            mem.lock().unwrap().replace(Mem::new());
+            return Err(e);
+        }
         *self.mem.write().unwrap() = mem.clone();
         self.dev.set_memory(mem);
         Ok(())
