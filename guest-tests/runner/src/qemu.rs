@@ -326,7 +326,7 @@ mod tests {
         // QEMU 10.x/11.x name ids 1..=41 (with gaps below 21): beyond the
         // table, virtio_id_to_name() asserts.
         const VIRTIO_ID_GPIO: u32 = 41;
-        assert!(GENERIC_VIRTIO_ID <= VIRTIO_ID_GPIO);
+        const { assert!(GENERIC_VIRTIO_ID <= VIRTIO_ID_GPIO) };
         assert!(Carrier::TestDevice
             .device()
             .contains(&format!("virtio-id={GENERIC_VIRTIO_ID},")));
