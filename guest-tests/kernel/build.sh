@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Builds the amdvi-bench guest kernel from Debian's linux-source-6.12.
+#
+#   guest-tests/kernel/build.sh [fetch|config|build|all]   (default: all)
+#
+# fetch   apt-get download linux-source-6.12 (no root, private apt state) and
+#         unpack it once to $AMDVI_CACHE/src/linux-6.12
+# config  tinyconfig + guest-tests/kernel/amdvi.config (merge_config.sh) in
+#         the out-of-tree build dir $AMDVI_CACHE/build/$KNAME, then checks that
+#         every option of the fragment survived olddefconfig
+# build   make (bzImage + modules, hence Module.symvers) through ccache
+#
+# Environment: AMDVI_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/amdvi-bench),
+# KNAME (build dir name, default base), KJOBS (default 2), KSRC (source tree).
+# Prints the bzImage and the build tree to pass to amdvi-run --kernel/--headers.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+FRAGMENT="$HERE/amdvi.config"
+CACHE="${AMDVI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amdvi-bench}"
+SERIES=6.12
+KSRC="${KSRC:-$CACHE/src/linux-$SERIES}"
+KNAME="${KNAME:-base}"
+KOUT="$CACHE/build/$KNAME"
+KJOBS="${KJOBS:-2}"
+
+log() { printf 'kernel: %s\n' "$*" >&2; }
+die() { printf 'kernel: error: %s\n' "$*" >&2; exit 1; }
+
+kmake() {
+	nice -n 10 make -s -C "$KSRC" O="$KOUT" CC="ccache gcc" HOSTCC="ccache gcc" \
+		LOCALVERSION=-amdvi -j"$KJOBS" "$@"
+}
+
+# A private apt configuration: Debian 12's suites, our own state and cache
+# directories, the host's archive keyring. Needs no root and leaves the
+# host's apt state alone.
+private_apt() {
+	local d="$CACHE/apt"
+	mkdir -p "$d/state/lists/partial" "$d/cache/archives/partial" "$d/etc/apt.conf.d" \
+		"$d/etc/preferences.d"
+	local key=/usr/share/keyrings/debian-archive-keyring.gpg
+	[[ -r "$key" ]] || die "$key missing (install debian-archive-keyring)"
+	{
+		for s in bookworm bookworm-updates bookworm-backports; do
+			echo "deb [signed-by=$key] http://deb.debian.org/debian $s main"
+		done
+		echo "deb [signed-by=$key] http://deb.debian.org/debian-security bookworm-security main"
+	} >"$d/etc/sources.list"
+	cat >"$d/apt.conf" <<-EOF
+		Dir::State "$d/state";
+		Dir::State::status "/var/lib/dpkg/status";
+		Dir::Cache "$d/cache";
+		Dir::Etc::sourcelist "$d/etc/sources.list";
+		Dir::Etc::sourceparts "-";
+		Dir::Etc::parts "$d/etc/apt.conf.d";
+		Dir::Etc::preferencesparts "$d/etc/preferences.d";
+		APT::Sandbox::User "$(id -un)";
+	EOF
+	printf '%s' "$d/apt.conf"
+}
+
+fetch() {
+	if [[ -f "$KSRC/Makefile" ]]; then
+		log "source present: $KSRC"
+		return
+	fi
+	local conf dl
+	conf="$(private_apt)"
+	dl="$CACHE/dl"
+	mkdir -p "$dl" "$(dirname "$KSRC")"
+	log "apt-get update (private state in $CACHE/apt)"
+	APT_CONFIG="$conf" apt-get -q -q update
+	# bookworm-security carries linux-source-6.12 (backports has an older 6.12)
+	log "apt-get download linux-source-$SERIES"
+	(cd "$dl" && APT_CONFIG="$conf" apt-get -q -q download "linux-source-$SERIES")
+	local deb x
+	deb="$(ls -t "$dl"/linux-source-"$SERIES"_*.deb | head -n 1)"
+	x="$(mktemp -d "$dl/x.XXXXXX")"
+	dpkg-deb -x "$deb" "$x"
+	log "unpacking $(basename "$deb")"
+	tar -xaf "$x/usr/src/linux-source-$SERIES.tar.xz" -C "$x"
+	mv "$x/linux-source-$SERIES" "$KSRC"
+	rm -rf "$x"
+}
+
+# Every CONFIG_X=v line of the fragment must be in the final .config
+# (olddefconfig drops options whose dependencies are missing, silently).
+check_config() {
+	local bad=0 line key
+	while IFS= read -r line; do
+		[[ "$line" =~ ^(CONFIG_[A-Z0-9_]+)= ]] || continue
+		key="${BASH_REMATCH[1]}"
+		if ! grep -qx -- "$line" "$KOUT/.config"; then
+			log "fragment asks $line, .config has: $(grep -- "^$key=\|# $key is not set" "$KOUT/.config" || echo nothing)"
+			bad=1
+		fi
+	done <"$FRAGMENT"
+	((bad == 0)) || die "config fragment not satisfied (missing dependency in $FRAGMENT)"
+}
+
+config() {
+	[[ -f "$KSRC/Makefile" ]] || die "no source in $KSRC (run: $0 fetch)"
+	mkdir -p "$KOUT"
+	if [[ -f "$KOUT/.config" && "$KOUT/.config" -nt "$FRAGMENT" ]]; then
+		return
+	fi
+	log "config: tinyconfig + $(basename "$FRAGMENT") in $KOUT"
+	kmake tinyconfig >/dev/null
+	(cd "$KOUT" && "$KSRC/scripts/kconfig/merge_config.sh" -m -O "$KOUT" "$KOUT/.config" "$FRAGMENT" >/dev/null)
+	kmake olddefconfig >/dev/null
+	check_config
+}
+
+build() {
+	config
+	log "make (bzImage + modules) in $KOUT"
+	kmake
+	[[ -f "$KOUT/Module.symvers" ]] || die "no Module.symvers in $KOUT after make"
+	printf 'bzImage: %s\nheaders: %s\n' "$KOUT/arch/x86/boot/bzImage" "$KOUT"
+}
+
+case "${1:-all}" in
+fetch) fetch ;;
+config) config ;;
+build) build ;;
+all) fetch && build ;;
+*) die "usage: $0 [fetch|config|build|all]" ;;
+esac
