@@ -84,13 +84,20 @@ fetch() {
 	rm -rf "$x"
 }
 
-# Every CONFIG_X=v line of the fragment must be in the final .config
+# Every CONFIG_X=v (and '# CONFIG_X is not set') line of the fragment must
+# hold in the final .config
 # (olddefconfig drops options whose dependencies are missing, silently).
 check_config() {
 	local bad=0 line key
 	while IFS= read -r line; do
-		[[ "$line" =~ ^(CONFIG_[A-Z0-9_]+)= ]] || continue
-		key="${BASH_REMATCH[1]}"
+		if [[ "$line" =~ ^(CONFIG_[A-Z0-9_]+)= ]]; then
+			key="${BASH_REMATCH[1]}"
+		elif [[ "$line" =~ ^#\ (CONFIG_[A-Z0-9_]+)\ is\ not\ set$ ]]; then
+			key="${BASH_REMATCH[1]}"
+			grep -q "^$key=" "$KOUT/.config" || continue
+		else
+			continue
+		fi
 		if ! grep -qx -- "$line" "$KOUT/.config"; then
 			log "fragment asks $line, .config has: $(grep -- "^$key=\|# $key is not set" "$KOUT/.config" || echo nothing)"
 			bad=1
