@@ -3,8 +3,9 @@
 #
 #   guest-tests/kernel/build.sh [fetch|config|build|all]   (default: all)
 #
-# fetch   apt-get download linux-source-6.12 (no root, private apt state) and
-#         unpack it once to $AMDVI_CACHE/src/linux-6.12
+# fetch   apt-get download linux-source-6.12 through scripts/kernel-cache.sh
+#         (private apt state, no root) and unpack it once to
+#         $AMDVI_CACHE/src/linux-6.12
 # config  tinyconfig + guest-tests/kernel/amdvi.config (merge_config.sh) in
 #         the out-of-tree build dir $AMDVI_CACHE/build/$KNAME, then checks that
 #         every option of the fragment survived olddefconfig
@@ -16,6 +17,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
 FRAGMENT="$HERE/amdvi.config"
 CACHE="${AMDVI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amdvi-bench}"
 SERIES=6.12
@@ -32,48 +34,17 @@ kmake() {
 		LOCALVERSION=-amdvi -j"$KJOBS" "$@"
 }
 
-# A private apt configuration: Debian 12's suites, our own state and cache
-# directories, the host's archive keyring. Needs no root and leaves the
-# host's apt state alone.
-private_apt() {
-	local d="$CACHE/apt"
-	mkdir -p "$d/state/lists/partial" "$d/cache/archives/partial" "$d/etc/apt.conf.d" \
-		"$d/etc/preferences.d"
-	local key=/usr/share/keyrings/debian-archive-keyring.gpg
-	[[ -r "$key" ]] || die "$key missing (install debian-archive-keyring)"
-	{
-		for s in bookworm bookworm-updates bookworm-backports; do
-			echo "deb [signed-by=$key] http://deb.debian.org/debian $s main"
-		done
-		echo "deb [signed-by=$key] http://deb.debian.org/debian-security bookworm-security main"
-	} >"$d/etc/sources.list"
-	cat >"$d/apt.conf" <<-EOF
-		Dir::State "$d/state";
-		Dir::State::status "/var/lib/dpkg/status";
-		Dir::Cache "$d/cache";
-		Dir::Etc::sourcelist "$d/etc/sources.list";
-		Dir::Etc::sourceparts "-";
-		Dir::Etc::parts "$d/etc/apt.conf.d";
-		Dir::Etc::preferencesparts "$d/etc/preferences.d";
-		APT::Sandbox::User "$(id -un)";
-	EOF
-	printf '%s' "$d/apt.conf"
-}
-
 fetch() {
 	if [[ -f "$KSRC/Makefile" ]]; then
 		log "source present: $KSRC"
 		return
 	fi
-	local conf dl
-	conf="$(private_apt)"
-	dl="$CACHE/dl"
+	local dl="$CACHE/dl"
 	mkdir -p "$dl" "$(dirname "$KSRC")"
-	log "apt-get update (private state in $CACHE/apt)"
-	APT_CONFIG="$conf" apt-get -q -q update
-	# bookworm-security carries linux-source-6.12 (backports has an older 6.12)
+	# bookworm-security carries linux-source-6.12; the kernel cache's private
+	# apt configuration (no root, the host's apt state untouched) fetches it
 	log "apt-get download linux-source-$SERIES"
-	(cd "$dl" && APT_CONFIG="$conf" apt-get -q -q download "linux-source-$SERIES")
+	(cd "$dl" && AMDVI_CACHE="$CACHE" "$ROOT/scripts/kernel-cache.sh" apt-get -q -q download "linux-source-$SERIES")
 	local deb x
 	deb="$(ls -t "$dl"/linux-source-"$SERIES"_*.deb | head -n 1)"
 	x="$(mktemp -d "$dl/x.XXXXXX")"
