@@ -91,6 +91,9 @@ config() {
 }
 
 build() {
+	if [[ -f "$CACHE/mutants/applied" && -z "${AMDVI_MATRIX:-}" ]]; then
+		die "a kernel mutant is applied to $KSRC ($(cat "$CACHE/mutants/applied")): wait for make mutants, or revert it (patch -R) and remove $CACHE/mutants/applied"
+	fi
 	config
 	log "make (bzImage + modules) in $KOUT"
 	kmake

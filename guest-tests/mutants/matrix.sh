@@ -77,6 +77,10 @@ cleanup() {
 [[ -f "$KOUT/Module.symvers" ]] || die "no built kernel in $KOUT (run: make kernel)"
 [[ -x "${RUNNER[0]}" ]] || die "no ${RUNNER[0]} (run: make vm-bins)"
 mkdir -p "$OUT" "$CACHE/mutants"
+# one matrix at a time per cache: they share the source tree
+exec 9>"$CACHE/mutants/lock"
+flock -n 9 || die "another matrix run holds $CACHE/mutants/lock"
+export AMDVI_MATRIX=1 # build.sh: the mutated source is ours
 revert # an earlier run that was killed hard
 trap cleanup EXIT
 trap 'exit 130' INT TERM

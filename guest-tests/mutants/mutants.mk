@@ -14,7 +14,8 @@ export AMDVI_CACHE
 KERNEL_TREE := $(AMDVI_CACHE)/build/base
 KERNEL_IMAGE := $(KERNEL_TREE)/arch/x86/boot/bzImage
 MUTANTS ?=
-MUTANTS_CI ?= mmu-notifier-first-subscription-only wp-page-copy-set-before-flush
+MUTANTS_CI ?= wp-page-copy-set-before-flush x86-ranged-flush-no-secondary \
+	mprotect-wrprotect-no-flush fork-wrprotect-local-flush
 
 .PHONY: kernel run-kernel mutants mutants-ci
 
