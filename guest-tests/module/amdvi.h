@@ -34,7 +34,7 @@ struct virtio_device;
 struct virtqueue;
 struct mm_struct;
 
-/* ---- AMD IOMMU bit layouts (shared/reference/amd-iommu-v2.md) ---- */
+/* ---- AMD IOMMU bit layouts (docs/amd-iommu.md) ---- */
 
 /* §7.3 Extended Feature Register */
 #define EFR_PPR_SUP		BIT_ULL(1)

@@ -356,6 +356,8 @@ static void cow_round(struct ctx *c, unsigned int n, uint32_t rate)
 	if (!sleeper_fork(c, &s, buf, len, 5))
 		goto out;
 	epoch_bump(c);
+	/* fork write-protected the parent: no writable entry may survive it */
+	audit(c, c->pasid, buf, len, "fork");
 	msleep(10);		/* let the device re-cache read translations */
 	REQUIRE(c, !pthread_create(&th, NULL, cow_writer_fn, &w),
 		"expected a writer thread, saw pthread_create failure");
@@ -605,6 +607,7 @@ struct zapper {
 	uint8_t *buf;
 	size_t len;
 	int loops;
+	int err;	/* errno of a failed MADV_DONTNEED, 0 if none */
 };
 
 static void *zapper_fn(void *arg)
@@ -612,7 +615,8 @@ static void *zapper_fn(void *arg)
 	struct zapper *z = arg;
 
 	for (int i = 0; i < z->loops; i++) {
-		madvise(z->buf, z->len, MADV_DONTNEED);
+		if (madvise(z->buf, z->len, MADV_DONTNEED))
+			z->err = errno;
 		z->buf[(i * 7 % (z->len / PAGE_SZ)) * PAGE_SZ] = (uint8_t)i;
 	}
 	return NULL;
@@ -639,6 +643,8 @@ static void t_dontneed_race(struct ctx *c)
 			"expected zapper thread %d, saw pthread_create failure", i);
 	for (int i = 0; i < 2; i++)
 		pthread_join(th[i], NULL);
+	CHECK(c, !z.err, "MADV_DONTNEED: expected success, saw %s",
+	      strerror(z.err));
 	epoch_bump(c);
 	/*
 	 * Stop the stream before the audit.  While it runs, its page requests
