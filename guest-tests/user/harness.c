@@ -259,7 +259,7 @@ static void print_stats(void)
 	if (fd < 0)
 		return;
 	if (!dev_stats(fd, &st) && st.nmod >= AMDVI_MC_EVENT_TYPE0) {
-		printf("# module: notifier start=%llu end=%llu secondary=%llu release=%llu; flushes range=%llu pasid=%llu; commands=%llu completion_waits=%llu timeouts=%llu errors=%llu; ppr entries=%llu groups=%llu ok=%llu invalid=%llu; events=%llu; binds=%llu\n",
+		printf("# module: notifier start=%llu end=%llu secondary=%llu release=%llu; flushes range=%llu pasid=%llu; commands=%llu completion_waits=%llu timeouts=%llu errors=%llu; ppr entries=%llu groups=%llu ok=%llu invalid=%llu; events=%llu; binds=%llu; freed-frame checks=%llu found=%llu\n",
 		       (unsigned long long)st.mod[AMDVI_MC_NOTIF_START],
 		       (unsigned long long)st.mod[AMDVI_MC_NOTIF_END],
 		       (unsigned long long)st.mod[AMDVI_MC_NOTIF_SECONDARY],
@@ -275,7 +275,9 @@ static void print_stats(void)
 		       (unsigned long long)st.mod[AMDVI_MC_PPR_SUCCESS],
 		       (unsigned long long)st.mod[AMDVI_MC_PPR_INVALID],
 		       (unsigned long long)st.mod[AMDVI_MC_EVENTS],
-		       (unsigned long long)st.mod[AMDVI_MC_BINDS]);
+		       (unsigned long long)st.mod[AMDVI_MC_BINDS],
+		       (unsigned long long)st.mod[AMDVI_MC_FREED_CHECKS],
+		       (unsigned long long)st.mod[AMDVI_MC_FREED_CACHED]);
 		if (st.ndev > 21)
 			printf("# device: requests=%llu commands=%llu walks=%llu page_requests=%llu prg_responses=%llu iommu_invalidations=%llu atc_invalidations=%llu oracle_findings=%llu illegal_commands=%llu\n",
 			       (unsigned long long)st.dev[0],
