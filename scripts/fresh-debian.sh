@@ -53,6 +53,7 @@ if [[ ! -s $base ]]; then
 fi
 
 root=$(mktemp -d /tmp/fresh-debian.XXXXXX)
+chmod 755 "$root"	# mktemp makes it 0700: the new system's users must reach /
 finish() {
 	if ((keep)); then echo "fresh-debian: root kept in $root"; else rm -rf --one-file-system "$root"; fi
 }
