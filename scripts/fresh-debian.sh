@@ -53,12 +53,12 @@ if [[ ! -s $base ]]; then
 fi
 
 root=$(mktemp -d /tmp/fresh-debian.XXXXXX)
-chmod 755 "$root"	# mktemp makes it 0700: the new system's users must reach /
 finish() {
 	if ((keep)); then echo "fresh-debian: root kept in $root"; else rm -rf --one-file-system "$root"; fi
 }
 trap finish EXIT
 tar -C "$root" -xf "$base"
+chmod 755 "$root" # the archive's top is a mktemp directory (0700): users must reach /
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 # The sources a standard installation has.
 cat >"$root/etc/apt/sources.list" <<SOURCES
