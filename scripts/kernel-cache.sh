@@ -281,8 +281,10 @@ list)
 	;;
 dir) printf '%s\n' "$CACHE" ;;
 clear)
-	rm -rf "$CACHE"
-	log "removed $CACHE"
+	# The fetched kernels and the private apt state only: a source tree and
+	# its ccache'd build (src/, build/, from make kernel) cost minutes.
+	rm -rf "$CACHE/kernels" "$CACHE/apt"
+	log "removed $CACHE/kernels and $CACHE/apt (make kernel's src/ and build/ are kept; rm -rf $CACHE removes all)"
 	;;
 apt-get)
 	apt_setup
