@@ -9,7 +9,7 @@
 #                                              (default: 6.12 6.1)
 #   kernel-cache.sh list                       the cached releases
 #   kernel-cache.sh dir                        print the cache directory
-#   kernel-cache.sh clear                      remove the cache
+#   kernel-cache.sh clear                      remove the fetched kernels and apt state
 #   kernel-cache.sh apt-get ARGS...            apt-get with the private config
 #   kernel-cache.sh apt-cache ARGS...          apt-cache with the private config
 #
