@@ -282,7 +282,6 @@ mod tests {
         let (code, line) = judge_negative(&r, &judge(&r, &o), &[FindingRule::Freed]);
         assert_eq!(code, 0, "{line}");
         assert!(line.contains("caught: a (2 findings)"), "{line}");
-        let r = report(&caught);
         // A clean pass is not caught.
         let r = report(GOOD);
         let (code, line) = judge_negative(
