@@ -12,7 +12,7 @@ import sys
 from collections import OrderedDict
 from pathlib import Path
 
-RULES = ("r1", "r2", "r3", "r4", "stale")
+RULES = ("r1", "r2", "r3", "r4", "stale", "freed")
 
 
 def header(patch, key):
