@@ -67,7 +67,7 @@ fn bad_config(text: &str, key: &str, reason: &str) {
     let fs = f.display().to_string();
     one_line_exit_2(
         &["-s", sock.to_str().unwrap(), "--config", &fs],
-        &[&fs, key, reason],
+        &[&fs, &format!(": {key}: "), reason],
     );
     assert!(!sock.exists(), "no socket for a bad configuration");
 }
@@ -88,13 +88,24 @@ fn bad_config_files() {
         "fault[0].point",
         "unknown fault point",
     );
-    bad_config("max_streams = [\n", "-", "");
+    bad_config("max_streams = [\n", "max_streams", "");
+    bad_config(
+        "[[fault]]\npoint = \"walk_read\"\naction = \"drop\"\n[[fault]]\naction = \"drop\"\n",
+        "fault[1].point",
+        "missing field",
+    );
+    bad_config(
+        "endpoints = [0x10]\n[[fault]]\npoint = \"walk_read\"\naction = \"drop\"\ndevid = 0x99\n",
+        "fault[0].devid",
+        "0x0099 is not an endpoint",
+    );
     let (code, err) = run(&["-s", "/tmp/x.sock", "-c", "/nonexistent/amdvi.toml"]);
     assert_eq!(code, 2);
     assert!(
         err.contains("/nonexistent/amdvi.toml") && err.contains("cannot read"),
         "{err}"
     );
+    assert!(!err.contains(": -:"), "no key placeholder: {err}");
 }
 
 #[test]
