@@ -139,7 +139,8 @@ fn main() -> ExitCode {
                 t.connections,
                 t.counters.get("requests").copied().unwrap_or(0)
             );
-            let _ = std::fs::remove_file(&cfg.socket_path);
+            // The socket was removed when the daemon stopped (only if it
+            // was still its own).
             ExitCode::SUCCESS
         }
         Err(e) => {
