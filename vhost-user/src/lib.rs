@@ -7,13 +7,14 @@
 //! `amdvi.rs` requests on the model, `stream.rs` the access engines,
 //! `vhu_amdvi.rs` the `VhostUserBackend`, `relay.rs` the checks on the
 //! frontend's messages, `sigbus.rs` the guard against guest memory files
-//! shrunk under the daemon, and here the listening socket and the
-//! per-connection loop.
+//! shrunk under the daemon, `service.rs` the process loop (event-manager),
+//! and here the sockets and the counters.
 
 pub mod amdvi;
 pub mod chain;
 pub mod config;
 pub mod relay;
+mod service;
 pub mod sigbus;
 pub mod stream;
 pub mod trace;
@@ -25,14 +26,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use iommu_dev::Tracer;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::GuestMemoryAtomic;
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use config::{ConfigError, DaemonConfig};
@@ -60,14 +55,15 @@ pub enum Error {
     Trace(PathBuf, std::io::Error),
     #[error("cannot write {0}: {1}")]
     Stats(PathBuf, std::io::Error),
-    #[error("poll: {0}")]
+    #[error("event loop: {0}")]
     Poll(std::io::Error),
+    #[error("timerfd: {0}")]
+    Timer(vmm_sys_util::errno::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// A request to stop the daemon, usable from a signal handler (write the
-/// eventfd) or another thread ([`StopSignal::stop`]).
+/// A request to stop the daemon from another thread ([`StopSignal::stop`]).
 #[derive(Debug)]
 pub struct StopSignal {
     fd: EventFd,
@@ -90,7 +86,7 @@ impl StopSignal {
         })
     }
 
-    /// The eventfd; writing 8 bytes to it stops the daemon (async-signal-safe).
+    /// The eventfd; writing 8 bytes to it stops the daemon.
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
@@ -103,6 +99,11 @@ pub struct Options {
     pub stats_json: Option<PathBuf>,
     /// JSON lines of the model's trace events.
     pub trace: Option<PathBuf>,
+    /// Also write `stats_json` this often.
+    pub stats_interval: Option<std::time::Duration>,
+    /// Stop on SIGINT/SIGTERM, read from a signalfd. The caller must have
+    /// blocked both signals in every thread before starting any.
+    pub signals: bool,
 }
 
 /// Counters summed over the connections served.
@@ -145,33 +146,6 @@ impl Totals {
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, path))
             .map_err(|e| Error::Stats(path.to_path_buf(), e))
-    }
-}
-
-/// Wait until one of `fds` is readable; returns its index.
-fn wait_readable(fds: &[i32]) -> Result<usize> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for
-        // the duration of the call.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Error::Poll(e));
-        }
-        if let Some(i) = pfds.iter().position(|p| p.revents != 0) {
-            return Ok(i);
-        }
     }
 }
 
@@ -281,177 +255,15 @@ impl Drop for PrivateSocket {
     }
 }
 
-/// What the per-connection code needs from the process.
-struct Shared<'a> {
-    cfg: &'a DaemonConfig,
-    tracer: Option<Arc<JsonTracer>>,
-    private: PrivateSocket,
-    exit: Arc<ExitEvents>,
-    /// Readable once the daemon is stopping.
-    wake: EventFd,
-}
-
 /// Serve connections on `socket` one after another (a new backend each
 /// time, so every connection starts from a fresh device) until `stop`
-/// fires. Returns the counters summed over all connections.
+/// fires (or SIGINT/SIGTERM with [`Options::signals`]). Returns the
+/// counters summed over all connections. The loop is [`service`]'s.
 pub fn start_backend(
     cfg: &DaemonConfig,
     socket: &Path,
     opts: &Options,
     stop: &StopSignal,
 ) -> Result<Totals> {
-    let tracer = match &opts.trace {
-        Some(p) => Some(Arc::new(
-            JsonTracer::create(p).map_err(|e| Error::Trace(p.clone(), e))?,
-        )),
-        None => None,
-    };
-    let public = PublicSocket::bind(socket)?;
-    log::info!("listening on {}", socket.display());
-    let mut shared = Shared {
-        cfg,
-        tracer,
-        private: PrivateSocket::new().map_err(Error::Private)?,
-        exit: Arc::new(ExitEvents::new().map_err(Error::Backend)?),
-        wake: EventFd::new(0).map_err(Error::Backend)?,
-    };
-
-    // The watcher turns the stop signal into a wake-up of the accept wait
-    // and of the relay (the eventfd stays readable).
-    let stopping = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let stopping = stopping.clone();
-        let wake = shared.wake.try_clone().map_err(Error::Backend)?;
-        let stop = stop.try_clone().map_err(Error::Backend)?;
-        std::thread::Builder::new()
-            .name("amdvi-stop".into())
-            .spawn(move || {
-                let _ = stop.fd.read();
-                stopping.store(true, Ordering::Release);
-                let _ = wake.write(1);
-            })
-            .map_err(Error::Backend)?
-    };
-
-    let mut totals = Totals::default();
-    let result = (|| -> Result<()> {
-        loop {
-            if let Some(p) = &opts.stats_json {
-                totals.write(p)?;
-            }
-            if wait_readable(&[public.listener.as_raw_fd(), shared.wake.as_raw_fd()])? == 1
-                || stopping.load(Ordering::Acquire)
-            {
-                return Ok(());
-            }
-            let front = match public.listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    log::warn!("accept: {e}");
-                    continue;
-                }
-            };
-            serve(&mut shared, front, &mut totals)?;
-        }
-    })();
-    stopping.store(true, Ordering::Release);
-    stop.stop();
-    let _ = watcher.join();
-    if let Some(t) = &shared.tracer {
-        t.flush();
-    }
-    if let Some(p) = &opts.stats_json {
-        totals.write(p)?;
-    }
-    result.map(|()| totals)
-}
-
-/// One frontend, from accept to the end of its connection. Errors are only
-/// those that stop the daemon; a connection's own problems are logged.
-fn serve(sh: &mut Shared, front: UnixStream, totals: &mut Totals) -> Result<()> {
-    let backend = Arc::new(
-        VhostUserAmdviBackend::with_exit_events(sh.cfg, sh.exit.clone()).map_err(Error::Backend)?,
-    );
-    if let Some(t) = &sh.tracer {
-        backend
-            .device()
-            .iommu()
-            .set_tracer(Some(t.clone() as Arc<dyn Tracer>));
-    }
-    let mut daemon = VhostUserDaemon::new(
-        "vhost-device-amdvi".into(),
-        backend.clone(),
-        GuestMemoryAtomic::new(iommu_dev::Mem::default()),
-    )
-    .map_err(Error::Daemon)?;
-    // Our end of the private socket; the library accepts the other.
-    let mut lib = UnixStream::connect(&sh.private.path).map_err(Error::Private)?;
-    daemon
-        .start(&mut sh.private.listener)
-        .map_err(Error::Daemon)?;
-    log::info!("frontend connected");
-    let handlers = daemon.get_epoll_handlers();
-    handlers[1]
-        .register_listener(
-            backend.log_event().as_raw_fd(),
-            EventSet::IN,
-            vhu_amdvi::LOG_EVENT,
-        )
-        .map_err(Error::Listener)?;
-
-    let outbound = {
-        let (lib2, front2) = (
-            lib.try_clone().map_err(Error::Backend)?,
-            front.try_clone().map_err(Error::Backend)?,
-        );
-        std::thread::Builder::new()
-            .name("amdvi-replies".into())
-            .spawn(move || relay::outbound(lib2, front2))
-            .map_err(Error::Backend)?
-    };
-    let limits = relay::Limits {
-        timeout: sh.cfg.handshake_timeout,
-        max_queue_size: virtio_amdvi::MAX_QUEUE_SIZE as u16,
-    };
-    let refused = relay::inbound(
-        &front,
-        &mut lib,
-        limits,
-        backend.shrunk_event().as_raw_fd(),
-        sh.wake.as_raw_fd(),
-    );
-    // Either side ending ends both: the library sees its socket close.
-    let _ = lib.shutdown(std::net::Shutdown::Both);
-    let _ = front.shutdown(std::net::Shutdown::Both);
-    let r = daemon.wait();
-    let _ = outbound.join();
-    backend.shutdown();
-    for h in &handlers {
-        h.send_exit_event();
-    }
-    drop(handlers);
-    // Joins the library's vring worker threads.
-    drop(daemon);
-    sh.exit.rearm();
-    // Nothing touches guest memory any more; it is unmapped with `backend`.
-    backend.unregister_memory();
-    totals.add(backend.device());
-    if let Some(t) = &sh.tracer {
-        t.flush();
-    }
-    match (refused, r) {
-        (Err(relay::Refusal::Stopping), _) => {
-            log::info!("connection closed: the daemon is stopping")
-        }
-        (Err(e), _) => log::error!("connection ended: {e}"),
-        (
-            Ok(()),
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-            )),
-        ) => log::info!("frontend disconnected"),
-        (Ok(()), Err(e)) => log::error!("connection ended: {e}"),
-    }
-    Ok(())
+    service::run(cfg, socket, opts, stop)
 }

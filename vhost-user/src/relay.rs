@@ -102,6 +102,8 @@ pub enum Refusal {
     RegionStat(usize, io::Error),
     #[error("the daemon is stopping")]
     Stopping,
+    #[error("the frontend does not read its replies: {0}")]
+    Replies(io::Error),
     #[error("the frontend shrank a memory region's file under the daemon (access past its end)")]
     MemoryShrunk,
     #[error("socket: {0}")]
@@ -123,38 +125,21 @@ struct Message {
     fds: Vec<OwnedFd>,
 }
 
-/// What [`wait`] saw.
-enum Ready {
-    Front,
-    /// The `others` descriptor at this index is readable.
-    Other(usize),
-    Timeout,
-}
-
-/// Wait until `front` (or one of `others`) is readable, at most until `deadline`.
-fn wait(front: RawFd, others: &[RawFd], deadline: Option<Instant>) -> io::Result<Ready> {
-    let mut pfds: Vec<libc::pollfd> = std::iter::once(front)
-        .chain(others.iter().copied())
-        .map(|fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
+/// Wait until `fd` is readable; `false` when `deadline` passed first.
+fn wait(fd: RawFd, deadline: Instant) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     loop {
-        let ms = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(Ready::Timeout);
-                }
-                left.as_millis().clamp(1, i32::MAX as u128) as i32
-            }
-        };
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for
-        // the duration of the call.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut p, 1, ms) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -162,11 +147,8 @@ fn wait(front: RawFd, others: &[RawFd], deadline: Option<Instant>) -> io::Result
             }
             return Err(e);
         }
-        if let Some(i) = pfds[1..].iter().position(|p| p.revents != 0) {
-            return Ok(Ready::Other(i));
-        }
-        if pfds[0].revents != 0 {
-            return Ok(Ready::Front);
+        if r > 0 {
+            return Ok(true);
         }
     }
 }
@@ -182,7 +164,7 @@ fn fill(
 ) -> Result<usize, Refusal> {
     let mut got = 0;
     while got < buf.len() {
-        if let Ready::Timeout = wait(sock.as_raw_fd(), &[], Some(deadline))? {
+        if !wait(sock.as_raw_fd(), deadline)? {
             return Err(Refusal::Stalled {
                 got,
                 want: buf.len(),
@@ -342,28 +324,33 @@ fn forward(lib: &mut UnixStream, m: &Message) -> io::Result<()> {
     lib.write_all(&m.bytes[sent..])
 }
 
-/// Frontend to library, until the frontend closes or a message is refused.
-/// `shrunk` becomes readable when a region's file was truncated under the
-/// daemon (see [`crate::sigbus`]), `stop` when the daemon stops.
-pub fn inbound(
-    front: &UnixStream,
-    lib: &mut UnixStream,
+/// The frontend-to-library direction of one connection.
+#[derive(Debug)]
+pub struct Inbound {
     limits: Limits,
-    shrunk: RawFd,
-    stop: RawFd,
-) -> Result<(), Refusal> {
-    let connected = Instant::now();
-    let mut owned = false;
-    loop {
-        let deadline = (!owned).then_some(connected + limits.timeout);
-        match wait(front.as_raw_fd(), &[shrunk, stop], deadline)? {
-            Ready::Timeout => return Err(Refusal::Handshake(limits.timeout)),
-            Ready::Other(0) => return Err(Refusal::MemoryShrunk),
-            Ready::Other(_) => return Err(Refusal::Stopping),
-            Ready::Front => {}
+    owned: bool,
+}
+
+impl Inbound {
+    pub fn new(limits: Limits) -> Self {
+        Inbound {
+            limits,
+            owned: false,
         }
-        let Some(m) = recv(front, limits.timeout)? else {
-            return Ok(());
+    }
+
+    /// Whether the frontend has sent SET_OWNER (the handshake deadline no
+    /// longer applies).
+    pub fn owned(&self) -> bool {
+        self.owned
+    }
+
+    /// Relay one message (call when `front` is readable). `Ok(false)` when
+    /// the frontend closed the socket between messages. The rest of a
+    /// message that has started must arrive within the deadline.
+    pub fn pump(&mut self, front: &UnixStream, lib: &mut UnixStream) -> Result<bool, Refusal> {
+        let Some(m) = recv(front, self.limits.timeout)? else {
+            return Ok(false);
         };
         log::trace!(
             "frontend request {} ({} payload bytes, {} fds)",
@@ -371,26 +358,28 @@ pub fn inbound(
             m.hdr.size,
             m.fds.len()
         );
-        check(&m, &limits)?;
-        owned |= m.hdr.code() == Some(FrontendReq::SET_OWNER);
+        check(&m, &self.limits)?;
+        self.owned |= m.hdr.code() == Some(FrontendReq::SET_OWNER);
         forward(lib, &m)?;
+        Ok(true)
     }
 }
 
-/// Library to frontend: replies, unchanged, until either side closes.
-pub fn outbound(mut lib: UnixStream, mut front: UnixStream) {
+/// Copy what the library wrote back to the frontend, unchanged (call when
+/// `lib` is readable). `Ok(false)` when the library closed its socket.
+/// The frontend's socket has a write timeout: a frontend that does not read
+/// its replies ends its connection instead of blocking the daemon.
+pub fn pump_replies(lib: &mut UnixStream, front: &mut UnixStream) -> io::Result<bool> {
     let mut buf = [0u8; MAX_MSG_SIZE + HEADER_SIZE];
     loop {
         match lib.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(false),
             Ok(n) => {
-                if front.write_all(&buf[..n]).is_err() {
-                    break;
-                }
+                front.write_all(&buf[..n])?;
+                return Ok(true);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            Err(e) => return Err(e),
         }
     }
-    let _ = front.shutdown(std::net::Shutdown::Both);
 }

@@ -200,7 +200,17 @@ impl VhostUserAmdviBackend {
     /// As [`VhostUserAmdviBackend::new`], lending `exit` to the library
     /// (one [`ExitEvents`] serves all the connections of a process).
     pub fn with_exit_events(cfg: &DaemonConfig, exit: Arc<ExitEvents>) -> io::Result<Self> {
-        let mem = GuestMemoryAtomic::new(Mem::default());
+        Self::with_parts(cfg, exit, GuestMemoryAtomic::new(Mem::default()))
+    }
+
+    /// As [`VhostUserAmdviBackend::with_exit_events`], with the guest memory
+    /// the library will fill (pass the same atomic to `VhostUserDaemon::new`:
+    /// the library, the backend and the model then share one).
+    pub fn with_parts(
+        cfg: &DaemonConfig,
+        exit: Arc<ExitEvents>,
+        mem: GuestMemoryAtomic<Mem>,
+    ) -> io::Result<Self> {
         let dev = Arc::new(Device::new(cfg, mem.clone()));
         let log_event = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         for log in [dev.iommu().event_log(), dev.iommu().ppr_log()] {

@@ -208,3 +208,33 @@ fn sigterm_ends_cleanly_with_stats() {
 fn sigint_ends_cleanly_with_stats() {
     sigterm_after_serving(libc::SIGINT);
 }
+
+#[test]
+fn stats_interval_rewrites_the_stats_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("amdvi.sock");
+    let stats = dir.path().join("stats.json");
+    let mut child = Command::new(BIN)
+        .args(["--socket-path", sock.to_str().unwrap()])
+        .args(["--stats-json", stats.to_str().unwrap()])
+        .args(["--stats-interval-ms", "100"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&sock);
+    wait_for(&stats);
+    // No connection, no signal: only the timer writes the file again.
+    std::fs::remove_file(&stats).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while !stats.exists() {
+        assert!(
+            Instant::now() < end,
+            "stats file not rewritten by the timer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!sock.exists(), "socket removed at exit");
+}

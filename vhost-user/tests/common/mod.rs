@@ -88,7 +88,7 @@ impl Daemon {
         let s = sock.clone();
         let opts = Options {
             stats_json: Some(dir.path().join("stats.json")),
-            trace: None,
+            ..Options::default()
         };
         let thread = std::thread::spawn(move || start_backend(&cfg, &s, &opts, &stop2));
         Daemon {
