@@ -5,7 +5,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all build test test-rust lint fmt bench clean sim deps kernels kernels-clear run test-vm \
-	test-negative vm-bins script-bin test-scripts-vm
+	test-negative vm-bins script-bin test-scripts-vm fuzz-smoke
 
 all: build
 
@@ -34,6 +34,23 @@ test: lint test-rust sim test-vm test-negative test-scripts-vm mutants
 
 bench:
 	$(CARGO) bench -p iommu-dev
+
+# Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each, from its seed corpus
+# (fuzz/corpus/<target>, read-only) into build/fuzz/<target>. Needs the
+# nightly toolchain and cargo-fuzz (cargo install cargo-fuzz). Not part of
+# `make test`.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS ?= config_toml ktap sim_script dte_gcr3 walker commands dispatcher vhost_user
+
+fuzz-smoke:
+	cd fuzz && $(CARGO) +nightly fuzz build -O
+	set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p build/fuzz/$$t; \
+		echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
+		(cd fuzz && $(CARGO) +nightly fuzz run -O $$t ../build/fuzz/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | \
+			grep -E '^(stat::number_of_executed_units|stat::new_units_added|==[0-9]+== ERROR|SUMMARY)' ); \
+	done
 
 clean:
 	$(CARGO) clean
