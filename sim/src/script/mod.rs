@@ -7,14 +7,26 @@ pub mod lexer;
 pub mod parser;
 
 pub use ast::*;
-pub use parser::{parse, parse_fault, ParseError};
+pub use lexer::LexError;
+pub use parser::{parse, parse_fault, FaultSpecError, Found, ParseError, ParseErrorKind};
+
+/// Why a script file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+}
 
 /// Read and parse a script file.
-pub fn load(path: &str) -> Result<Script, ParseError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ParseError {
+pub fn load(path: &str) -> Result<Script, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.into(),
-        line: 0,
-        msg: format!("cannot read: {e}"),
+        source,
     })?;
-    parse(path, &text)
+    Ok(parse(path, &text)?)
 }

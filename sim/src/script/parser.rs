@@ -1,5 +1,5 @@
-//! Ordering scripts: the parser, from lines of tokens to a [`Script`]; every
-//! error is `file:line: expected ...`.
+//! Ordering scripts: the parser, from lines of tokens to a [`Script`]. Every
+//! error is a [`ParseError`], `file:line:column: expected WHAT, found WHAT`.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -10,60 +10,174 @@ use super::ast::{
     CpuOp, DevOp, Device, Expect, Hook, Kind, Line, NonPresent, Notifier, Perms, Range, Script,
     Step, Target, AUTO_DEVID, AUTO_VA_BASE, MAX_DEVICES, MAX_PAGES, MAX_WORDS,
 };
-use super::lexer::{is_ident, lex, parse_num, strip_comment, Tok};
+use super::lexer::{is_ident, lex, parse_num, strip_comment, LexError, Tok, Token};
+
+/// A malformed fault rule (`POINT:ACTION`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultSpecError {
+    #[error("expected POINT:ACTION (e.g. atc_invalidate:drop), found `{0}`")]
+    Form(String),
+    /// The fault point is not one iommu-dev knows (its message lists them).
+    #[error("{0}")]
+    Point(String),
+    #[error("expected fault action drop or fail, found `{0}`")]
+    Action(String),
+}
 
 /// A fault rule from a script line or the command line (`POINT:ACTION`).
-pub fn parse_fault(s: &str) -> Result<FaultRule, String> {
+pub fn parse_fault(s: &str) -> Result<FaultRule, FaultSpecError> {
     let (p, a) = s
         .split_once(':')
-        .ok_or_else(|| format!("expected POINT:ACTION (e.g. atc_invalidate:drop), found `{s}`"))?;
-    let point: FaultPoint = p.parse()?;
+        .ok_or_else(|| FaultSpecError::Form(s.into()))?;
+    let point: FaultPoint = p.parse().map_err(FaultSpecError::Point)?;
     let action = match a {
         "drop" => FaultAction::Drop,
         "fail" => FaultAction::Fail,
-        _ => return Err(format!("expected fault action drop or fail, found `{a}`")),
+        _ => return Err(FaultSpecError::Action(a.into())),
     };
     Ok(FaultRule::new(point, action))
 }
 
-/// A syntax error: `file:line: expected ...`.
+/// What an error found instead of what it expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseError {
-    pub path: String,
-    pub line: usize,
-    pub msg: String,
+pub enum Found {
+    /// A word, or part of one (shown quoted).
+    Word(String),
+    /// Punctuation.
+    Token(Tok),
+    /// A number, as the script's limit is written (shown bare).
+    Value(String),
+    EndOfLine,
 }
 
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.path, self.line, self.msg)
+impl From<&Tok> for Found {
+    fn from(t: &Tok) -> Found {
+        match t {
+            Tok::Word(w) => Found::Word(w.clone()),
+            t => Found::Token(t.clone()),
+        }
     }
 }
 
-impl std::error::Error for ParseError {}
+impl fmt::Display for Found {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Found::Word(w) => write!(f, "`{w}`"),
+            Found::Token(t) => write!(f, "{t}"),
+            Found::Value(v) => f.write_str(v),
+            Found::EndOfLine => f.write_str("end of line"),
+        }
+    }
+}
 
+/// What is wrong with a line, or with the script as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseErrorKind {
+    #[error(transparent)]
+    Lex(#[from] LexError),
+    #[error("expected {what}, found {found}")]
+    Expected { what: String, found: Found },
+    #[error("expected at most {max} {what}")]
+    TooMany { what: &'static str, max: usize },
+    #[error("expected a new {what}, {used} is already used")]
+    AlreadyUsed { what: &'static str, used: String },
+    #[error("expected a range `first..last` with first <= last")]
+    BackwardRange,
+    #[error("expected `map` declarations before the first step (use `cpu map` for a step)")]
+    MapAfterStep,
+    #[error("expected one `expect safe|unsafe` line")]
+    SecondExpect,
+    #[error("expected at least one step (`cpu ...`)")]
+    NoStep,
+    #[error(transparent)]
+    Fault(#[from] FaultSpecError),
+}
+
+/// A syntax error: `file:line:column: expected ...` (no column when it is
+/// about the script as a whole).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}:{line}{}: {kind}", .col.map(|c| format!(":{c}")).unwrap_or_default())]
+pub struct ParseError {
+    pub path: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub col: Option<usize>,
+    pub kind: ParseErrorKind,
+}
+
+/// An error inside a line: what, and where.
+#[derive(Debug)]
+struct At {
+    col: Option<usize>,
+    kind: ParseErrorKind,
+}
+
+impl From<LexError> for At {
+    fn from(e: LexError) -> At {
+        At {
+            col: Some(e.col),
+            kind: e.into(),
+        }
+    }
+}
+
+type R<T> = Result<T, At>;
+
+/// The tokens of one line.
 struct Cur<'a> {
-    toks: &'a [Tok],
+    toks: &'a [Token],
     i: usize,
+    /// Column just past the last token (where an end of line is found).
+    eol: usize,
 }
 
 impl Cur<'_> {
     fn peek(&self) -> Option<&Tok> {
-        self.toks.get(self.i)
+        self.toks.get(self.i).map(|t| &t.tok)
     }
 
-    fn found(&self) -> String {
-        match self.peek() {
-            Some(t) => t.to_string(),
-            None => "end of line".into(),
+    /// Column of the next token.
+    fn here(&self) -> usize {
+        self.toks.get(self.i).map_or(self.eol, |t| t.col)
+    }
+
+    /// Column of the token just taken.
+    fn prev(&self) -> usize {
+        match self.i.checked_sub(1) {
+            Some(j) => self.toks[j].col,
+            None => self.here(),
         }
     }
 
-    fn expected<T>(&self, what: &str) -> Result<T, String> {
-        Err(format!("expected {what}, found {}", self.found()))
+    /// `kind` at the token just taken.
+    fn at_prev(&self, kind: ParseErrorKind) -> At {
+        At {
+            col: Some(self.prev()),
+            kind,
+        }
     }
 
-    fn word(&mut self, what: &str) -> Result<String, String> {
+    /// Expected `what` instead of the next token.
+    fn expected<T>(&self, what: &str) -> R<T> {
+        Err(At {
+            col: Some(self.here()),
+            kind: ParseErrorKind::Expected {
+                what: what.into(),
+                found: self.peek().map_or(Found::EndOfLine, Found::from),
+            },
+        })
+    }
+
+    /// Expected `what` instead of (part of) the token just taken.
+    fn rejected<T>(&self, what: impl Into<String>, found: Found) -> R<T> {
+        Err(self.at_prev(ParseErrorKind::Expected {
+            what: what.into(),
+            found,
+        }))
+    }
+
+    fn word(&mut self, what: &str) -> R<String> {
         match self.peek() {
             Some(Tok::Word(w)) => {
                 let w = w.clone();
@@ -92,7 +206,7 @@ impl Cur<'_> {
         }
     }
 
-    fn need(&mut self, t: &Tok, what: &str) -> Result<(), String> {
+    fn need(&mut self, t: &Tok, what: &str) -> R<()> {
         if self.eat(t) {
             Ok(())
         } else {
@@ -100,7 +214,7 @@ impl Cur<'_> {
         }
     }
 
-    fn end(&self) -> Result<(), String> {
+    fn end(&self) -> R<()> {
         if self.peek().is_none() {
             Ok(())
         } else {
@@ -128,23 +242,27 @@ struct P {
 }
 
 impl P {
-    fn va(&mut self, c: &mut Cur<'_>) -> Result<u64, String> {
+    fn va(&mut self, c: &mut Cur<'_>) -> R<u64> {
         let w = c.word("a VA (a name such as A, A+0x8, or an address)")?;
         let (base, off) = match w.split_once('+') {
             Some((b, o)) => (
                 b.to_string(),
-                parse_num(o).ok_or_else(|| format!("expected an offset after `+`, found `{o}`"))?,
+                match parse_num(o) {
+                    Some(n) => n,
+                    None => return c.rejected("an offset after `+`", Found::Word(o.into())),
+                },
             ),
             None => (w.clone(), 0),
         };
         if off >= 0x1000 || off % 8 != 0 {
-            return Err(format!(
-                "expected an 8-byte aligned offset below 0x1000, found `{off:#x}`"
-            ));
+            return c.rejected(
+                "an 8-byte aligned offset below 0x1000",
+                Found::Word(format!("{off:#x}")),
+            );
         }
         if let Some(a) = parse_num(&base) {
             if a % 8 != 0 {
-                return Err(format!("expected an 8-byte aligned VA, found `{base}`"));
+                return c.rejected("an 8-byte aligned VA", Found::Word(base));
             }
             let page = a & !0xfff;
             if !self.vas.iter().any(|(_, v)| *v == page) {
@@ -153,7 +271,7 @@ impl P {
             return Ok(a + off);
         }
         if !is_ident(&base) {
-            return Err(format!("expected a VA name or address, found `{w}`"));
+            return c.rejected("a VA name or address", Found::Word(w));
         }
         if let Some((_, v)) = self.vas.iter().find(|(n, _)| *n == base) {
             return Ok(v + off);
@@ -166,45 +284,47 @@ impl P {
         Ok(v + off)
     }
 
-    fn word_va(&mut self, c: &mut Cur<'_>) -> Result<u64, String> {
+    fn word_va(&mut self, c: &mut Cur<'_>) -> R<u64> {
         let va = self.va(c)?;
         self.words.insert(va);
         if self.words.len() > MAX_WORDS {
-            return Err(format!("expected at most {MAX_WORDS} distinct VA words"));
+            return Err(c.at_prev(ParseErrorKind::TooMany {
+                what: "distinct VA words",
+                max: MAX_WORDS,
+            }));
         }
         Ok(va)
     }
 
-    fn page(&mut self, c: &mut Cur<'_>) -> Result<usize, String> {
+    fn page(&mut self, c: &mut Cur<'_>) -> R<usize> {
         let w = c.word("a page name (e.g. P1)")?;
         if !is_ident(&w) {
-            return Err(format!("expected a page name, found `{w}`"));
+            return c.rejected("a page name", Found::Word(w));
         }
         if let Some(i) = self.pages.iter().position(|(n, _)| *n == w) {
             return Ok(i);
         }
         if self.pages.len() >= MAX_PAGES {
-            return Err(format!("expected at most {MAX_PAGES} pages"));
+            return Err(c.at_prev(ParseErrorKind::TooMany {
+                what: "pages",
+                max: MAX_PAGES,
+            }));
         }
         self.pages.push((w, 0));
         Ok(self.pages.len() - 1)
     }
 
-    fn perms(&mut self, c: &mut Cur<'_>) -> Result<Perms, String> {
+    fn perms(&mut self, c: &mut Cur<'_>) -> R<Perms> {
         let write = match c.word("permissions `ro` or `rw`")?.as_str() {
             "ro" => false,
             "rw" => true,
-            other => {
-                return Err(format!(
-                    "expected permissions `ro` or `rw`, found `{other}`"
-                ))
-            }
+            other => return c.rejected("permissions `ro` or `rw`", Found::Word(other.into())),
         };
         let dirty = c.eat_word("dirty");
         Ok(Perms { write, dirty })
     }
 
-    fn mapping(&mut self, c: &mut Cur<'_>) -> Result<(u64, usize, Perms), String> {
+    fn mapping(&mut self, c: &mut Cur<'_>) -> R<(u64, usize, Perms)> {
         let va = self.va(c)?;
         c.need(&Tok::Arrow, "`->` after the VA")?;
         let page = self.page(c)?;
@@ -213,7 +333,7 @@ impl P {
         Ok((va & !0xfff, page, perms))
     }
 
-    fn range(&mut self, c: &mut Cur<'_>) -> Result<Range, String> {
+    fn range(&mut self, c: &mut Cur<'_>) -> R<Range> {
         if c.eat_word("all") {
             return Ok(Range::All);
         }
@@ -224,22 +344,29 @@ impl P {
             first
         };
         if last < first {
-            return Err("expected a range `first..last` with first <= last".into());
+            return Err(c.at_prev(ParseErrorKind::BackwardRange));
         }
         Ok(Range::Pages { first, last })
     }
 
-    fn value(&mut self, c: &mut Cur<'_>) -> Result<u64, String> {
+    fn value(&mut self, c: &mut Cur<'_>) -> R<u64> {
         let w = c.word("a value")?;
-        parse_num(&w).ok_or_else(|| format!("expected a number, found `{w}`"))
+        match parse_num(&w) {
+            Some(n) => Ok(n),
+            None => c.rejected("a number", Found::Word(w)),
+        }
     }
 
-    fn device(&mut self, name: &str) -> Result<usize, String> {
+    /// The device called `name`, added when new.
+    fn device(&mut self, name: &str) -> Result<usize, ParseErrorKind> {
         if let Some(i) = self.devices.iter().position(|d| d.name == name) {
             return Ok(i);
         }
         if self.devices.len() >= MAX_DEVICES {
-            return Err(format!("expected at most {MAX_DEVICES} devices"));
+            return Err(ParseErrorKind::TooMany {
+                what: "devices",
+                max: MAX_DEVICES,
+            });
         }
         let mut devid = AUTO_DEVID;
         while self.devices.iter().any(|d| d.devid == devid) {
@@ -252,7 +379,7 @@ impl P {
         Ok(self.devices.len() - 1)
     }
 
-    fn cpu_op(&mut self, c: &mut Cur<'_>) -> Result<CpuOp, String> {
+    fn cpu_op(&mut self, c: &mut Cur<'_>) -> R<CpuOp> {
         let op = c.word(CPU_OPS)?;
         let r = match op.as_str() {
             "map" | "set" => {
@@ -281,7 +408,7 @@ impl P {
                 let write = match c.word("`ro` or `rw`")?.as_str() {
                     "ro" => false,
                     "rw" => true,
-                    o => return Err(format!("expected `ro` or `rw`, found `{o}`")),
+                    o => return c.rejected("`ro` or `rw`", Found::Word(o.into())),
                 };
                 CpuOp::Protect { va, write }
             }
@@ -325,7 +452,7 @@ impl P {
                     "iommu" => Target::Iommu,
                     "atc" | "devtlb" => Target::Atc,
                     "both" => Target::Both,
-                    o => return Err(format!("expected `iommu`, `atc` or `both`, found `{o}`")),
+                    o => return c.rejected("`iommu`, `atc` or `both`", Found::Word(o.into())),
                 };
                 let range = self.range(c)?;
                 let mut pasid = None;
@@ -333,7 +460,13 @@ impl P {
                 while !c.at_end() {
                     if c.eat_word("pasid") {
                         let v = self.value(c)?;
-                        pasid = Some(u32::try_from(v).map_err(|_| "expected a PASID below 2^20")?);
+                        match u32::try_from(v) {
+                            Ok(v) => pasid = Some(v),
+                            Err(_) => {
+                                return c
+                                    .rejected("a PASID below 2^20", Found::Value(v.to_string()))
+                            }
+                        }
                     } else if c.eat_word("nowait") {
                         wait = false;
                     } else {
@@ -359,13 +492,13 @@ impl P {
                     range: self.range(c)?,
                 }
             }
-            other => return Err(format!("expected {CPU_OPS}, found `{other}`")),
+            other => return c.rejected(CPU_OPS, Found::Word(other.into())),
         };
         c.end()?;
         Ok(r)
     }
 
-    fn dev_op(&mut self, c: &mut Cur<'_>) -> Result<DevOp, String> {
+    fn dev_op(&mut self, c: &mut Cur<'_>) -> R<DevOp> {
         let op = c.word(DEV_OPS)?;
         Ok(match op.as_str() {
             "translate" => DevOp::Translate {
@@ -382,15 +515,15 @@ impl P {
                     value: self.value(c)?,
                 }
             }
-            o => return Err(format!("expected {DEV_OPS}, found `{o}`")),
+            o => return c.rejected(DEV_OPS, Found::Word(o.into())),
         })
     }
 
-    fn dev_line(&mut self, c: &mut Cur<'_>) -> Result<Vec<DevOp>, String> {
+    fn dev_line(&mut self, c: &mut Cur<'_>) -> R<Vec<DevOp>> {
         if c.eat_word("loop") {
             let n = self.value(c)?;
             if !(1..=16).contains(&n) {
-                return Err(format!("expected a loop count 1..=16, found {n}"));
+                return c.rejected("a loop count 1..=16", Found::Value(n.to_string()));
             }
             c.need(&Tok::Colon, "`:` after the loop count")?;
             let mut body = vec![self.dev_op(c)?];
@@ -407,13 +540,13 @@ impl P {
     }
 }
 
-fn kinds(c: &mut Cur<'_>) -> Result<Vec<Kind>, String> {
+fn kinds(c: &mut Cur<'_>) -> R<Vec<Kind>> {
     let mut v = Vec::new();
     while let Some(Tok::Word(w)) = c.peek() {
-        let k = w.parse().map_err(|_| {
+        let Ok(k) = w.parse() else {
             let names: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
-            format!("expected a finding ({}), found `{w}`", names.join(", "))
-        })?;
+            return c.expected(&format!("a finding ({})", names.join(", ")));
+        };
         v.push(k);
         c.i += 1;
     }
@@ -421,7 +554,7 @@ fn kinds(c: &mut Cur<'_>) -> Result<Vec<Kind>, String> {
     Ok(v)
 }
 
-fn expect(c: &mut Cur<'_>) -> Result<Expect, String> {
+fn expect(c: &mut Cur<'_>) -> R<Expect> {
     match c.word("`safe` or `unsafe`")?.as_str() {
         "safe" => {
             c.end()?;
@@ -434,7 +567,7 @@ fn expect(c: &mut Cur<'_>) -> Result<Expect, String> {
             }
             Ok(Expect::Unsafe(k))
         }
-        o => Err(format!("expected `safe` or `unsafe`, found `{o}`")),
+        o => c.rejected("`safe` or `unsafe`", Found::Word(o.into())),
     }
 }
 
@@ -460,10 +593,11 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
         expect_literal: None,
         expect_redundant: None,
     };
-    let err = |line: usize, msg: String| ParseError {
+    let err = |line: usize, at: At| ParseError {
         path: path.into(),
         line,
-        msg,
+        col: at.col,
+        kind: at.kind,
     };
     let mut saw_step = false;
     for (i, raw) in text.lines().enumerate() {
@@ -479,7 +613,14 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
             let rest = body.trim_start()[w0.len()..].trim_start();
             if w0 == "title" {
                 if rest.is_empty() {
-                    return Err(err(ln, "expected a title".into()));
+                    let at = At {
+                        col: Some(body.trim_end().chars().count() + 1),
+                        kind: ParseErrorKind::Expected {
+                            what: "a title".into(),
+                            found: Found::EndOfLine,
+                        },
+                    };
+                    return Err(err(ln, at));
                 }
                 s.title = Some(rest.to_string());
             } else {
@@ -492,13 +633,14 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
             }
             continue;
         }
-        let toks = lex(body).map_err(|m| err(ln, m))?;
-        let mut c = Cur { toks: &toks, i: 0 };
-        let head = match c.word(DECLS) {
-            Ok(w) => w,
-            Err(m) => return Err(err(ln, m)),
+        let toks = lex(body).map_err(|e| err(ln, e.into()))?;
+        let mut c = Cur {
+            toks: &toks,
+            i: 0,
+            eol: body.trim_end().chars().count() + 1,
         };
-        let r: Result<(), String> = (|| {
+        let head = c.word(DECLS).map_err(|at| err(ln, at))?;
+        let r: R<()> = (|| {
             match head.as_str() {
                 "cpu" => {
                     saw_step = true;
@@ -511,7 +653,7 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 }
                 d if d.starts_with("dev") && d != "device" && is_ident(d) => {
                     saw_step = true;
-                    let dev = p.device(d)?;
+                    let dev = p.device(d).map_err(|k| c.at_prev(k))?;
                     let ops = p.dev_line(&mut c)?;
                     s.lines.push(Line {
                         line: ln,
@@ -521,18 +663,17 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 }
                 "notifier" => {
                     let m = c.word("a notifier mode")?;
-                    s.notifier = Notifier::parse(&m).ok_or_else(|| {
-                        format!(
-                            "expected a notifier mode ({}), found `{m}`",
-                            Notifier::MODES.join(", ")
-                        )
-                    })?;
+                    let Some(n) = Notifier::parse(&m) else {
+                        let what = format!("a notifier mode ({})", Notifier::MODES.join(", "));
+                        return c.rejected(what, Found::Word(m));
+                    };
+                    s.notifier = n;
                     c.end()?;
                 }
                 "pasid" => {
                     let v = p.value(&mut c)?;
                     if v >= 512 {
-                        return Err(format!("expected a PASID below 512, found {v}"));
+                        return c.rejected("a PASID below 512", Found::Value(v.to_string()));
                     }
                     s.pasid = v as u32;
                     c.end()?;
@@ -540,7 +681,7 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 "retries" => {
                     let v = p.value(&mut c)?;
                     if v > 4 {
-                        return Err(format!("expected at most 4 retries, found {v}"));
+                        return c.rejected("at most 4 retries", Found::Value(v.to_string()));
                     }
                     s.retries = v as u32;
                     c.end()?;
@@ -548,17 +689,21 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 "va" => {
                     let n = c.word("a VA name")?;
                     if !is_ident(&n) || parse_num(&n).is_some() {
-                        return Err(format!("expected a VA name, found `{n}`"));
+                        return c.rejected("a VA name", Found::Word(n));
                     }
                     c.eat(&Tok::Eq);
                     let a = p.value(&mut c)?;
                     if a % 0x1000 != 0 || a >= 1 << 47 {
-                        return Err(format!(
-                            "expected a page-aligned user VA below 2^47, found {a:#x}"
-                        ));
+                        return c.rejected(
+                            "a page-aligned user VA below 2^47",
+                            Found::Value(format!("{a:#x}")),
+                        );
                     }
                     if p.vas.iter().any(|(x, v)| *x == n || *v == a) {
-                        return Err(format!("expected a new VA, `{n}` = {a:#x} is already used"));
+                        return Err(c.at_prev(ParseErrorKind::AlreadyUsed {
+                            what: "VA",
+                            used: format!("`{n}` = {a:#x}"),
+                        }));
                     }
                     p.vas.push((n, a));
                     c.end()?;
@@ -571,10 +716,7 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 }
                 "map" => {
                     if saw_step {
-                        return Err(
-                            "expected `map` declarations before the first step (use `cpu map` for a step)"
-                                .into(),
-                        );
+                        return Err(c.at_prev(ParseErrorKind::MapAfterStep));
                     }
                     let m = p.mapping(&mut c)?;
                     s.init_maps.push(m);
@@ -582,20 +724,24 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 "device" => {
                     let n = c.word("a device name (dev...)")?;
                     if !n.starts_with("dev") || n == "device" || !is_ident(&n) {
-                        return Err(format!(
-                            "expected a device name starting with `dev`, found `{n}`"
-                        ));
+                        return c.rejected("a device name starting with `dev`", Found::Word(n));
                     }
                     if p.devices.iter().any(|d| d.name == n) {
-                        return Err(format!("expected a new device, `{n}` is already used"));
+                        return Err(c.at_prev(ParseErrorKind::AlreadyUsed {
+                            what: "device",
+                            used: format!("`{n}`"),
+                        }));
                     }
                     c.eat_word("devid");
                     let id = p.value(&mut c)?;
                     if id >= 128 {
-                        return Err(format!("expected a devid below 0x80, found {id:#x}"));
+                        return c.rejected("a devid below 0x80", Found::Value(format!("{id:#x}")));
                     }
                     if p.devices.iter().any(|d| u64::from(d.devid) == id) {
-                        return Err(format!("expected a new devid, {id:#x} is already used"));
+                        return Err(c.at_prev(ParseErrorKind::AlreadyUsed {
+                            what: "devid",
+                            used: format!("{id:#x}"),
+                        }));
                     }
                     p.devices.push(Device {
                         name: n,
@@ -605,11 +751,16 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 }
                 "fault" => {
                     let w = c.word("POINT:ACTION")?;
+                    let col = c.prev();
                     let mut spec = w.clone();
                     if c.eat(&Tok::Colon) {
                         spec = format!("{w}:{}", c.word("a fault action (drop, fail)")?);
                     }
-                    s.faults.push(parse_fault(&spec)?);
+                    let rule = parse_fault(&spec).map_err(|e| At {
+                        col: Some(col),
+                        kind: e.into(),
+                    })?;
+                    s.faults.push(rule);
                     c.end()?;
                 }
                 "fail-on" => s.fail_on.extend(kinds(&mut c)?),
@@ -621,13 +772,13 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                             c.end()?;
                         } else {
                             while let Some(Tok::Word(w)) = c.peek() {
-                                let n = w
+                                let Some(n) = w
                                     .strip_prefix("inv#")
                                     .and_then(parse_num)
                                     .filter(|n| *n >= 1)
-                                    .ok_or_else(|| {
-                                        format!("expected `inv#N` or `none`, found `{w}`")
-                                    })?;
+                                else {
+                                    return c.expected("`inv#N` or `none`");
+                                };
                                 v.push(n as usize);
                                 c.i += 1;
                             }
@@ -639,24 +790,26 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                         s.expect_redundant = Some(v);
                     } else {
                         if s.expect.is_some() {
-                            return Err("expected one `expect safe|unsafe` line".into());
+                            return Err(c.at_prev(ParseErrorKind::SecondExpect));
                         }
                         s.expect = Some(expect(&mut c)?);
                     }
                 }
                 "expect-literal" => s.expect_literal = Some(expect(&mut c)?),
-                other => return Err(format!("expected {DECLS}, found `{other}`")),
+                other => return c.rejected(DECLS, Found::Word(other.into())),
             }
             Ok(())
         })();
-        r.map_err(|m| err(ln, m))?;
+        r.map_err(|at| err(ln, at))?;
     }
     let last = text.lines().count().max(1);
     if s.lines.is_empty() {
-        return Err(err(last, "expected at least one step (`cpu ...`)".into()));
+        let kind = ParseErrorKind::NoStep;
+        return Err(err(last, At { col: None, kind }));
     }
     if p.devices.is_empty() {
-        p.device("dev").map_err(|m| err(last, m))?;
+        p.device("dev")
+            .map_err(|kind| err(last, At { col: None, kind }))?;
     }
     s.vas = p.vas;
     s.pages = p.pages;
@@ -803,10 +956,10 @@ expect redundant inv#1   # a comment after inv#1
     #[test]
     fn errors_name_file_line_and_what_was_expected() {
         let e = err("map A -> P1 ro\ncpu clear A\ncpu set A P2 rw\n");
-        assert_eq!(e.line, 3);
+        assert_eq!((e.line, e.col), (3, Some(11)));
         assert_eq!(
             e.to_string(),
-            "t.amdvi:3: expected `->` after the VA, found `P2`"
+            "t.amdvi:3:11: expected `->` after the VA, found `P2`"
         );
         let cases: &[(&str, usize, &str)] = &[
             ("cpu clear A\ncpu frobnicate A\n", 2, "expected a CPU step"),
@@ -890,9 +1043,89 @@ expect redundant inv#1   # a comment after inv#1
         for (text, line, msg) in cases {
             let e = err(text);
             assert_eq!(e.line, *line, "{text:?}: {e}");
-            assert!(e.msg.contains(msg), "{text:?}: got `{e}`, want `{msg}`");
-            assert!(e.to_string().starts_with(&format!("t.amdvi:{line}: ")));
+            let kind = e.kind.to_string();
+            assert!(kind.contains(msg), "{text:?}: got `{e}`, want `{msg}`");
+            let at = match e.col {
+                Some(col) => format!("t.amdvi:{line}:{col}: "),
+                None => format!("t.amdvi:{line}: "),
+            };
+            assert_eq!(e.to_string(), format!("{at}{kind}"));
         }
+    }
+
+    #[test]
+    fn errors_point_at_the_column() {
+        let cases: &[(&str, Option<usize>, &str)] = &[
+            // The token found instead.
+            ("cpu clear A\ncpu clear A $\n", Some(13), "found `$`"),
+            ("cpu frob A\n", Some(5), "found `frob`"),
+            ("  cpu  map A -> P1 rx\n", Some(20), "found `rx`"),
+            // The end of the line, comment stripped.
+            (
+                "cpu clear A\ndev write A   # v?\n",
+                Some(12),
+                "found end of line",
+            ),
+            (
+                "title   \ncpu clear A\n",
+                Some(6),
+                "expected a title, found end of line",
+            ),
+            // The word a value or name was wrong in.
+            ("pasid 9999\ncpu clear A\n", Some(7), "found 9999"),
+            ("cpu read A+3\n", Some(10), "found `0x3`"),
+            (
+                "device dev0 devid 0x10\ndevice dev1 devid 0x10\n",
+                Some(19),
+                "0x10 is already used",
+            ),
+            (
+                "cpu clear A\nmap A -> P ro\n",
+                Some(1),
+                "before the first step",
+            ),
+            (
+                "fault nowhere:drop\ncpu clear A\n",
+                Some(7),
+                "unknown fault point",
+            ),
+            // About the script as a whole.
+            ("title t\n", None, "expected at least one step"),
+        ];
+        for (text, col, msg) in cases {
+            let e = err(text);
+            assert_eq!(e.col, *col, "{text:?}: {e}");
+            assert!(
+                e.to_string().contains(msg),
+                "{text:?}: got `{e}`, want `{msg}`"
+            );
+        }
+    }
+
+    #[test]
+    fn error_kinds_are_typed() {
+        let e = err("cpu clear A\ncpu clear A $\n");
+        assert_eq!(
+            e.kind,
+            ParseErrorKind::Lex(LexError {
+                col: 13,
+                found: '$'
+            })
+        );
+        let e = err("cpu map A -> P1 rx\n");
+        assert_eq!(
+            e.kind,
+            ParseErrorKind::Expected {
+                what: "permissions `ro` or `rw`".into(),
+                found: Found::Word("rx".into()),
+            }
+        );
+        assert_eq!(err("title t\n").kind, ParseErrorKind::NoStep);
+        let e = err("fault atc_invalidate:explode\ncpu clear A\n");
+        assert_eq!(
+            e.kind,
+            ParseErrorKind::Fault(FaultSpecError::Action("explode".into()))
+        );
     }
 
     #[test]
@@ -914,7 +1147,14 @@ expect redundant inv#1   # a comment after inv#1
             r,
             FaultRule::new(FaultPoint::AtcInvalidate, FaultAction::Drop)
         );
-        assert!(parse_fault("atc_invalidate").is_err());
+        assert_eq!(
+            parse_fault("atc_invalidate"),
+            Err(FaultSpecError::Form("atc_invalidate".into()))
+        );
+        assert!(matches!(
+            parse_fault("nowhere:drop"),
+            Err(FaultSpecError::Point(_))
+        ));
         assert!(parse_fault("iotlb_invalidate:fail").is_ok());
     }
 }
