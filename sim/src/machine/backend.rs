@@ -1,5 +1,6 @@
-//! What an execution runs on: the [`Backend`] trait, and [`Model`], the
-//! iommu-dev model on simulated guest memory.
+//! What an execution runs on: the [`Backend`] trait with its
+//! [`BackendError`], and [`Model`], the iommu-dev model on simulated guest
+//! memory.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,8 +9,8 @@ use iommu_dev::dte::GCR3_VALID;
 use iommu_dev::mem::{self, Mem};
 use iommu_dev::walker::{PTE_P, PTE_RW, PTE_US};
 use iommu_dev::{
-    AccessError, AccessFlags, AtsCompletion, Command, DevTableBase, Dte, FaultRule, Finding, Iommu,
-    IommuConfig, TraceEvent, Tracer,
+    AccessError, AccessFlags, AtsCompletion, Command, CommandError, DevTableBase, Dte, FaultRule,
+    Finding, Iommu, IommuConfig, TraceEvent, Tracer,
 };
 use vm_memory::GuestMemoryAtomic;
 
@@ -44,6 +45,22 @@ fn dev_flags() -> AccessFlags {
     }
 }
 
+/// A backend could not do what a step asked (a failure of the machinery,
+/// not a finding).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The model's command processor stopped at an illegal command.
+    #[error("illegal command: {0}")]
+    IllegalCommand(CommandError),
+    /// The model refused a request.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// Another backend's failure, in its own words (a failed ioctl, a
+    /// command the real device cannot issue).
+    #[error("{0}")]
+    Device(String),
+}
+
 /// What an execution runs on: the iommu-dev model with simulated guest
 /// memory ([`Model`]), or a real device (the guest's `amdvi-script`, which
 /// drives the daemon through `/dev/amdvi`). The judging (data checks,
@@ -54,7 +71,7 @@ fn dev_flags() -> AccessFlags {
 pub trait Backend {
     /// Back to the script's initial state: no mappings, every page zero,
     /// empty caches, no findings. An error makes the execution fail.
-    fn reset(&mut self) -> Result<(), String>;
+    fn reset(&mut self) -> Result<(), BackendError>;
     /// The leaf entry of `va` (0 when no table maps it).
     fn pte(&mut self, va: u64) -> u64;
     /// Write the leaf entry of `va`, allocating tables as needed.
@@ -74,7 +91,7 @@ pub trait Backend {
     fn identical(&mut self, a: usize, b: usize) -> bool;
     /// Execute one command (the IOMMU command processor's step); the
     /// number of cache entries it removed, when the backend can tell.
-    fn execute(&mut self, cmd: &Command) -> Result<Option<usize>, String>;
+    fn execute(&mut self, cmd: &Command) -> Result<Option<usize>, BackendError>;
     /// Device `dev` (index into the script's devices) sends an ATS
     /// translation request for `va`; a successful completion fills its ATC.
     fn translate(&mut self, dev: usize, va: u64) -> Result<AtsCompletion, AccessError>;
@@ -91,7 +108,7 @@ pub trait Backend {
     /// Per-access oracle findings since the last call (and clear them).
     fn oracle(&mut self) -> Vec<Finding>;
     /// Audit every cached translation of `pasid`: the stale ones.
-    fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, String>;
+    fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, BackendError>;
 }
 
 /// The iommu-dev model on simulated guest memory: a DTE per device, a
@@ -207,7 +224,7 @@ impl Model {
 }
 
 impl Backend for Model {
-    fn reset(&mut self) -> Result<(), String> {
+    fn reset(&mut self) -> Result<(), BackendError> {
         self.iommu.reset();
         self.iommu.faults().clear();
         mem::write(&self.mem, 0, &vec![0u8; MEM_SIZE]).expect("guest memory");
@@ -256,11 +273,11 @@ impl Backend for Model {
         self.read_page(a) == self.read_page(b)
     }
 
-    fn execute(&mut self, cmd: &Command) -> Result<Option<usize>, String> {
+    fn execute(&mut self, cmd: &Command) -> Result<Option<usize>, BackendError> {
         self.removed.0.store(0, Ordering::Relaxed);
         let r = self.iommu.execute(&[(CMDBUF_GPA, cmd.encode())]);
         if let Some((_, _, e)) = r.illegal {
-            return Err(format!("illegal command: {e}"));
+            return Err(BackendError::IllegalCommand(e));
         }
         Ok(Some(self.removed.0.load(Ordering::Relaxed)))
     }
@@ -295,11 +312,11 @@ impl Backend for Model {
         self.iommu.oracle().read(16, true).records
     }
 
-    fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, String> {
+    fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, BackendError> {
         self.iommu
             .audit(pasid, 0, u64::MAX, 16)
             .map(|(fs, _)| fs)
-            .map_err(|e| e.to_string())
+            .map_err(BackendError::from)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The state of one execution of a [`Program`] on a [`Backend`]: each
 //! actor's next step and its footprint, the steps themselves with their
-//! timeline text, the data checks and the findings.
+//! timeline text, the data checks and the findings, and the [`ExecError`]
+//! that makes an execution fail.
 
 use std::collections::VecDeque;
 
@@ -9,8 +10,38 @@ use iommu_dev::walker::{PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US};
 use iommu_dev::{AccessError, AtsCompletion, Command, Finding, Source};
 
 use super::program::{res, Cmd, CpuStep, Fp, Program};
-use super::{Backend, Model, ADDR_MASK, CPU, END, IOMMU, MIGRATION_PTE, SWAP_PTE};
+use super::{Backend, BackendError, Model, ADDR_MASK, CPU, END, IOMMU, MIGRATION_PTE, SWAP_PTE};
 use crate::script::{CpuOp, DevOp, Kind, NonPresent, Perms, Script};
+
+/// What makes an execution fail: the script asks for something impossible,
+/// or the backend fails (a failure, not a finding; the last one is kept).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    /// A CPU `read` or `write` of a VA no PTE maps.
+    #[error("cpu {} unmapped {va}", if *.write { "write to" } else { "read of" })]
+    Unmapped { write: bool, va: String },
+    #[error("reset: {0}")]
+    Reset(BackendError),
+    #[error("audit: {0}")]
+    Audit(BackendError),
+    /// The IOMMU step could not execute a command.
+    #[error("{cmd}: {error}")]
+    Command { cmd: String, error: BackendError },
+    /// A device's translation request failed (not a translation fault).
+    #[error("{dev}: translate {va}: {error}")]
+    Translate {
+        dev: String,
+        va: String,
+        error: AccessError,
+    },
+    /// A device's read or write failed (neither a miss nor a fault).
+    #[error("{dev}: {what}: {error}")]
+    Access {
+        dev: String,
+        what: String,
+        error: AccessError,
+    },
+}
 
 /// Who wrote a VA word's current value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +96,7 @@ pub struct Exec<'p, B: Backend = Model> {
     pub inv_removed: Vec<usize>,
     pub log: Vec<Rec>,
     /// A script error (a CPU access to an unmapped VA, a model error).
-    pub error: Option<String>,
+    pub error: Option<ExecError>,
 }
 
 impl<B: Backend> std::fmt::Debug for Exec<'_, B> {
@@ -126,7 +157,7 @@ impl<'p, B: Backend> Exec<'p, B> {
         let r = self.backend.reset();
         self.setup();
         if let Err(e) = r {
-            self.error = Some(format!("reset: {e}"));
+            self.error = Some(ExecError::Reset(e));
         }
     }
 
@@ -388,7 +419,7 @@ impl<'p, B: Backend> Exec<'p, B> {
                             })
                         }
                     }
-                    Err(e) => self.error = Some(format!("audit: {e}")),
+                    Err(e) => self.error = Some(ExecError::Audit(e)),
                 }
                 "audit  [CPU sequence done]".into()
             }
@@ -457,7 +488,10 @@ impl<'p, B: Backend> Exec<'p, B> {
             }
             CpuOp::Write { va, value } => {
                 let Some(pa) = self.cpu_pa(va) else {
-                    self.error = Some(format!("cpu write to unmapped {}", s.va_name(va)));
+                    self.error = Some(ExecError::Unmapped {
+                        write: true,
+                        va: s.va_name(va),
+                    });
                     return format!("{text}  [ERROR: not mapped]");
                 };
                 self.backend.store(pa, value);
@@ -467,7 +501,10 @@ impl<'p, B: Backend> Exec<'p, B> {
             }
             CpuOp::Read { va } => {
                 let Some(pa) = self.cpu_pa(va) else {
-                    self.error = Some(format!("cpu read of unmapped {}", s.va_name(va)));
+                    self.error = Some(ExecError::Unmapped {
+                        write: false,
+                        va: s.va_name(va),
+                    });
                     return format!("{text}  [ERROR: not mapped]");
                 };
                 let v = self.load(pa);
@@ -498,8 +535,12 @@ impl<'p, B: Backend> Exec<'p, B> {
         let n = match self.backend.execute(&c.cmd) {
             Ok(n) => n,
             Err(e) => {
-                self.error = Some(format!("{}: {e}", c.text));
-                return format!("iommu: {}: ERROR {e}", c.text);
+                let text = format!("iommu: {}: ERROR {e}", c.text);
+                self.error = Some(ExecError::Command {
+                    cmd: c.text,
+                    error: e,
+                });
+                return text;
             }
         };
         match (c.inv, n) {
@@ -518,12 +559,13 @@ impl<'p, B: Backend> Exec<'p, B> {
         let (op, _) = self.prog.devs[d][st.pc];
         let va = op.va();
         let vn = s.va_name(va);
-        let translate = |e: &mut Self| -> Result<AtsCompletion, String> {
-            e.backend
-                .translate(d, va & !0xfff)
-                .map_err(|err| err.to_string())
+        let translate = |e: &mut Self| e.backend.translate(d, va & !0xfff);
+        let translate_error = |error| ExecError::Translate {
+            dev: name.clone(),
+            va: vn.clone(),
+            error,
         };
-        let comp_text = |e: &Self, c: &iommu_dev::AtsCompletion| {
+        let comp_text = |e: &Self, c: &AtsCompletion| {
             if c.is_fault() {
                 "fault (not present)".to_string()
             } else {
@@ -540,7 +582,7 @@ impl<'p, B: Backend> Exec<'p, B> {
                 match translate(self) {
                     Ok(c) => format!("{name}: translate {vn} -> {}", comp_text(self, &c)),
                     Err(e) => {
-                        self.error = Some(format!("{name}: translate {vn}: {e}"));
+                        self.error = Some(translate_error(e));
                         format!("{name}: translate {vn}: ERROR {e}")
                     }
                 }
@@ -564,7 +606,7 @@ impl<'p, B: Backend> Exec<'p, B> {
                         )
                     }
                     Err(e) => {
-                        self.error = Some(format!("{name}: translate {vn}: {e}"));
+                        self.error = Some(translate_error(e));
                         format!("{name}: translate {vn}: ERROR {e}")
                     }
                 }
@@ -617,7 +659,11 @@ impl<'p, B: Backend> Exec<'p, B> {
                 return format!("{name}: {what}: the translation faults");
             }
             Err(e) => {
-                self.error = Some(format!("{name}: {what}: {e}"));
+                self.error = Some(ExecError::Access {
+                    dev: name.clone(),
+                    what: what.clone(),
+                    error: e,
+                });
                 self.devs[d] = DevState {
                     pc: pc + 1,
                     mode: Mode::Normal,
@@ -740,3 +786,6 @@ impl<'p, B: Backend> Exec<'p, B> {
         self.queue.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -12,8 +12,8 @@ pub mod backend;
 pub mod exec;
 pub mod program;
 
-pub use backend::{Backend, Model};
-pub use exec::{Exec, Found, Rec, Writer};
+pub use backend::{Backend, BackendError, Model};
+pub use exec::{Exec, ExecError, Found, Rec, Writer};
 pub use program::{res, Cmd, CpuStep, Fp, Program};
 
 // The simulated guest memory: device table, GCR3 table, completion-wait
