@@ -1,14 +1,16 @@
 //! Ordering scripts (`docs/ordering-scripts.md`): the syntax tree
-//! ([`ast`]), the line lexer ([`lexer`]) and the parser ([`parser`]), and
-//! [`load`] to read and parse a file.
+//! ([`ast`]), the line lexer ([`lexer`]), the parser ([`parser`]) and its
+//! errors ([`error`]), and [`load`] to read and parse a file.
 
 pub mod ast;
+pub mod error;
 pub mod lexer;
 pub mod parser;
 
 pub use ast::*;
+pub use error::{FaultSpecError, Found, ParseError, ParseErrorKind};
 pub use lexer::LexError;
-pub use parser::{parse, parse_fault, FaultSpecError, Found, ParseError, ParseErrorKind};
+pub use parser::{parse, parse_fault};
 
 /// Why a script file could not be loaded.
 #[derive(Debug, thiserror::Error)]
