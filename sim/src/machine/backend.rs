@@ -64,7 +64,7 @@ pub enum BackendError {
 /// What an execution runs on: the iommu-dev model with simulated guest
 /// memory ([`Model`]), or a real device (the guest's `amdvi-script`, which
 /// drives the daemon through `/dev/amdvi`). The judging (data checks,
-/// findings, timeline) is the same [`Exec`] code for both.
+/// findings, timeline) is the same [`Exec`](super::Exec) code for both.
 ///
 /// Pages are the script's pages by index; `pa` arguments are physical
 /// addresses of words inside them (`page_pa(page) | offset`).

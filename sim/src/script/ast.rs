@@ -82,13 +82,22 @@ impl fmt::Display for Kind {
     }
 }
 
+/// A word that names no finding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "expected a finding ({names}), found `{word}`",
+    names = Kind::ALL.map(|k| k.name()).join(", "),
+    word = .0
+)]
+pub struct UnknownKind(pub String);
+
 impl FromStr for Kind {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
+    type Err = UnknownKind;
+    fn from_str(s: &str) -> Result<Self, UnknownKind> {
         Kind::ALL
             .into_iter()
             .find(|k| k.name().eq_ignore_ascii_case(s))
-            .ok_or(())
+            .ok_or_else(|| UnknownKind(s.into()))
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use super::ast::UnknownKind;
 use super::lexer::{LexError, Tok};
 
 /// A malformed fault rule (`POINT:ACTION`).
@@ -57,6 +58,8 @@ pub enum ParseErrorKind {
     Lex(#[from] LexError),
     #[error("expected {what}, found {found}")]
     Expected { what: String, found: Found },
+    #[error(transparent)]
+    Kind(#[from] UnknownKind),
     #[error("expected at most {max} {what}")]
     TooMany { what: &'static str, max: usize },
     #[error("expected a new {what}, {used} is already used")]

@@ -70,6 +70,14 @@ impl Cur<'_> {
         }
     }
 
+    /// `kind` at the next token.
+    fn at_here(&self, kind: ParseErrorKind) -> At {
+        At {
+            col: Some(self.here()),
+            kind,
+        }
+    }
+
     /// `kind` at the token just taken.
     fn at_prev(&self, kind: ParseErrorKind) -> At {
         At {
@@ -463,9 +471,9 @@ impl P {
 fn kinds(c: &mut Cur<'_>) -> R<Vec<Kind>> {
     let mut v = Vec::new();
     while let Some(Tok::Word(w)) = c.peek() {
-        let Ok(k) = w.parse() else {
-            let names: Vec<_> = Kind::ALL.iter().map(|k| k.name()).collect();
-            return c.expected(&format!("a finding ({})", names.join(", ")));
+        let k: Kind = match w.parse() {
+            Ok(k) => k,
+            Err(e) => return Err(c.at_here(ParseErrorKind::Kind(e))),
         };
         v.push(k);
         c.i += 1;

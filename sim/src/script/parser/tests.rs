@@ -1,6 +1,7 @@
 //! Tests of the parser: every step and declaration, and its errors.
 
 use super::*;
+use crate::script::ast::UnknownKind;
 
 const COW: &str = "\
 # a comment
@@ -301,6 +302,13 @@ fn error_kinds_are_typed() {
         }
     );
     assert_eq!(err("title t\n").kind, ParseErrorKind::NoStep);
+    let e = err("cpu clear A\nexpect unsafe R1 R9\n");
+    assert_eq!(e.kind, ParseErrorKind::Kind(UnknownKind("R9".into())));
+    assert_eq!(
+        e.to_string(),
+        "t.amdvi:2:18: expected a finding (R1, R2, R3, R4, stale-entry, lost-write, \
+         stale-read, freed-write, freed-read), found `R9`"
+    );
     let e = err("fault atc_invalidate:explode\ncpu clear A\n");
     assert_eq!(
         e.kind,
