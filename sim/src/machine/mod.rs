@@ -27,7 +27,9 @@ pub const PT_POOL_END: u64 = 0x4_0000;
 pub const DATA_BASE: u64 = 0x4_0000;
 pub const MEM_SIZE: usize = 0x8_0000;
 pub const DOMAIN_ID: u16 = 1;
+/// The address bits of a PTE.
 pub(crate) const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+/// Non-present PTEs standing for a swap and a migration entry.
 pub(crate) const SWAP_PTE: u64 = 0x5a5a_5000;
 pub(crate) const MIGRATION_PTE: u64 = 0x3c3c_3000;
 

@@ -21,32 +21,32 @@ pub enum FaultSpecError {
 
 /// What an error found instead of what it expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
+pub enum Unexpected {
     /// A word, or part of one (shown quoted).
     Word(String),
     /// Punctuation.
     Token(Tok),
-    /// A number, as the script's limit is written (shown bare).
+    /// A number out of range (shown bare, in the base of the limit).
     Value(String),
     EndOfLine,
 }
 
-impl From<&Tok> for Found {
-    fn from(t: &Tok) -> Found {
+impl From<&Tok> for Unexpected {
+    fn from(t: &Tok) -> Unexpected {
         match t {
-            Tok::Word(w) => Found::Word(w.clone()),
-            t => Found::Token(t.clone()),
+            Tok::Word(w) => Unexpected::Word(w.clone()),
+            t => Unexpected::Token(t.clone()),
         }
     }
 }
 
-impl fmt::Display for Found {
+impl fmt::Display for Unexpected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Found::Word(w) => write!(f, "`{w}`"),
-            Found::Token(t) => write!(f, "{t}"),
-            Found::Value(v) => f.write_str(v),
-            Found::EndOfLine => f.write_str("end of line"),
+            Unexpected::Word(w) => write!(f, "`{w}`"),
+            Unexpected::Token(t) => write!(f, "{t}"),
+            Unexpected::Value(v) => f.write_str(v),
+            Unexpected::EndOfLine => f.write_str("end of line"),
         }
     }
 }
@@ -57,7 +57,7 @@ pub enum ParseErrorKind {
     #[error(transparent)]
     Lex(#[from] LexError),
     #[error("expected {what}, found {found}")]
-    Expected { what: String, found: Found },
+    Expected { what: String, found: Unexpected },
     #[error(transparent)]
     Kind(#[from] UnknownKind),
     #[error("expected at most {max} {what}")]

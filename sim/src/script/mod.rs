@@ -8,7 +8,7 @@ pub mod lexer;
 pub mod parser;
 
 pub use ast::*;
-pub use error::{FaultSpecError, Found, ParseError, ParseErrorKind};
+pub use error::{FaultSpecError, ParseError, ParseErrorKind, Unexpected};
 pub use lexer::LexError;
 pub use parser::{parse, parse_fault};
 

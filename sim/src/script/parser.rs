@@ -9,7 +9,7 @@ use super::ast::{
     CpuOp, DevOp, Device, Expect, Hook, Kind, Line, NonPresent, Notifier, Perms, Range, Script,
     Step, Target, AUTO_DEVID, AUTO_VA_BASE, MAX_DEVICES, MAX_PAGES, MAX_WORDS,
 };
-use super::error::{FaultSpecError, Found, ParseError, ParseErrorKind};
+use super::error::{FaultSpecError, ParseError, ParseErrorKind, Unexpected};
 use super::lexer::{is_ident, lex, parse_num, strip_comment, LexError, Tok, Token};
 
 /// A fault rule from a script line or the command line (`POINT:ACTION`).
@@ -92,13 +92,13 @@ impl Cur<'_> {
             col: Some(self.here()),
             kind: ParseErrorKind::Expected {
                 what: what.into(),
-                found: self.peek().map_or(Found::EndOfLine, Found::from),
+                found: self.peek().map_or(Unexpected::EndOfLine, Unexpected::from),
             },
         })
     }
 
     /// Expected `what` instead of (part of) the token just taken.
-    fn rejected<T>(&self, what: impl Into<String>, found: Found) -> R<T> {
+    fn rejected<T>(&self, what: impl Into<String>, found: Unexpected) -> R<T> {
         Err(self.at_prev(ParseErrorKind::Expected {
             what: what.into(),
             found,
@@ -177,7 +177,7 @@ impl P {
                 b.to_string(),
                 match parse_num(o) {
                     Some(n) => n,
-                    None => return c.rejected("an offset after `+`", Found::Word(o.into())),
+                    None => return c.rejected("an offset after `+`", Unexpected::Word(o.into())),
                 },
             ),
             None => (w.clone(), 0),
@@ -185,12 +185,12 @@ impl P {
         if off >= 0x1000 || off % 8 != 0 {
             return c.rejected(
                 "an 8-byte aligned offset below 0x1000",
-                Found::Word(format!("{off:#x}")),
+                Unexpected::Word(format!("{off:#x}")),
             );
         }
         if let Some(a) = parse_num(&base) {
             if a % 8 != 0 {
-                return c.rejected("an 8-byte aligned VA", Found::Word(base));
+                return c.rejected("an 8-byte aligned VA", Unexpected::Word(base));
             }
             let page = a & !0xfff;
             if !self.vas.iter().any(|(_, v)| *v == page) {
@@ -199,7 +199,7 @@ impl P {
             return Ok(a + off);
         }
         if !is_ident(&base) {
-            return c.rejected("a VA name or address", Found::Word(w));
+            return c.rejected("a VA name or address", Unexpected::Word(w));
         }
         if let Some((_, v)) = self.vas.iter().find(|(n, _)| *n == base) {
             return Ok(v + off);
@@ -227,7 +227,7 @@ impl P {
     fn page(&mut self, c: &mut Cur<'_>) -> R<usize> {
         let w = c.word("a page name (e.g. P1)")?;
         if !is_ident(&w) {
-            return c.rejected("a page name", Found::Word(w));
+            return c.rejected("a page name", Unexpected::Word(w));
         }
         if let Some(i) = self.pages.iter().position(|(n, _)| *n == w) {
             return Ok(i);
@@ -246,7 +246,7 @@ impl P {
         let write = match c.word("permissions `ro` or `rw`")?.as_str() {
             "ro" => false,
             "rw" => true,
-            other => return c.rejected("permissions `ro` or `rw`", Found::Word(other.into())),
+            other => return c.rejected("permissions `ro` or `rw`", Unexpected::Word(other.into())),
         };
         let dirty = c.eat_word("dirty");
         Ok(Perms { write, dirty })
@@ -281,7 +281,7 @@ impl P {
         let w = c.word("a value")?;
         match parse_num(&w) {
             Some(n) => Ok(n),
-            None => c.rejected("a number", Found::Word(w)),
+            None => c.rejected("a number", Unexpected::Word(w)),
         }
     }
 
@@ -336,7 +336,7 @@ impl P {
                 let write = match c.word("`ro` or `rw`")?.as_str() {
                     "ro" => false,
                     "rw" => true,
-                    o => return c.rejected("`ro` or `rw`", Found::Word(o.into())),
+                    o => return c.rejected("`ro` or `rw`", Unexpected::Word(o.into())),
                 };
                 CpuOp::Protect { va, write }
             }
@@ -380,7 +380,7 @@ impl P {
                     "iommu" => Target::Iommu,
                     "atc" | "devtlb" => Target::Atc,
                     "both" => Target::Both,
-                    o => return c.rejected("`iommu`, `atc` or `both`", Found::Word(o.into())),
+                    o => return c.rejected("`iommu`, `atc` or `both`", Unexpected::Word(o.into())),
                 };
                 let range = self.range(c)?;
                 let mut pasid = None;
@@ -391,8 +391,10 @@ impl P {
                         match u32::try_from(v) {
                             Ok(v) => pasid = Some(v),
                             Err(_) => {
-                                return c
-                                    .rejected("a PASID below 2^20", Found::Value(v.to_string()))
+                                return c.rejected(
+                                    "a PASID below 2^20",
+                                    Unexpected::Value(v.to_string()),
+                                )
                             }
                         }
                     } else if c.eat_word("nowait") {
@@ -420,7 +422,7 @@ impl P {
                     range: self.range(c)?,
                 }
             }
-            other => return c.rejected(CPU_OPS, Found::Word(other.into())),
+            other => return c.rejected(CPU_OPS, Unexpected::Word(other.into())),
         };
         c.end()?;
         Ok(r)
@@ -443,7 +445,7 @@ impl P {
                     value: self.value(c)?,
                 }
             }
-            o => return c.rejected(DEV_OPS, Found::Word(o.into())),
+            o => return c.rejected(DEV_OPS, Unexpected::Word(o.into())),
         })
     }
 
@@ -451,7 +453,7 @@ impl P {
         if c.eat_word("loop") {
             let n = self.value(c)?;
             if !(1..=16).contains(&n) {
-                return c.rejected("a loop count 1..=16", Found::Value(n.to_string()));
+                return c.rejected("a loop count 1..=16", Unexpected::Value(n.to_string()));
             }
             c.need(&Tok::Colon, "`:` after the loop count")?;
             let mut body = vec![self.dev_op(c)?];
@@ -495,7 +497,7 @@ fn expect(c: &mut Cur<'_>) -> R<Expect> {
             }
             Ok(Expect::Unsafe(k))
         }
-        o => c.rejected("`safe` or `unsafe`", Found::Word(o.into())),
+        o => c.rejected("`safe` or `unsafe`", Unexpected::Word(o.into())),
     }
 }
 
@@ -545,7 +547,7 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                         col: Some(body.trim_end().chars().count() + 1),
                         kind: ParseErrorKind::Expected {
                             what: "a title".into(),
-                            found: Found::EndOfLine,
+                            found: Unexpected::EndOfLine,
                         },
                     };
                     return Err(err(ln, at));
@@ -593,7 +595,7 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                     let m = c.word("a notifier mode")?;
                     let Some(n) = Notifier::parse(&m) else {
                         let what = format!("a notifier mode ({})", Notifier::MODES.join(", "));
-                        return c.rejected(what, Found::Word(m));
+                        return c.rejected(what, Unexpected::Word(m));
                     };
                     s.notifier = n;
                     c.end()?;
@@ -601,7 +603,7 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 "pasid" => {
                     let v = p.value(&mut c)?;
                     if v >= 512 {
-                        return c.rejected("a PASID below 512", Found::Value(v.to_string()));
+                        return c.rejected("a PASID below 512", Unexpected::Value(v.to_string()));
                     }
                     s.pasid = v as u32;
                     c.end()?;
@@ -609,7 +611,7 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 "retries" => {
                     let v = p.value(&mut c)?;
                     if v > 4 {
-                        return c.rejected("at most 4 retries", Found::Value(v.to_string()));
+                        return c.rejected("at most 4 retries", Unexpected::Value(v.to_string()));
                     }
                     s.retries = v as u32;
                     c.end()?;
@@ -617,14 +619,14 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 "va" => {
                     let n = c.word("a VA name")?;
                     if !is_ident(&n) || parse_num(&n).is_some() {
-                        return c.rejected("a VA name", Found::Word(n));
+                        return c.rejected("a VA name", Unexpected::Word(n));
                     }
                     c.eat(&Tok::Eq);
                     let a = p.value(&mut c)?;
                     if a % 0x1000 != 0 || a >= 1 << 47 {
                         return c.rejected(
                             "a page-aligned user VA below 2^47",
-                            Found::Value(format!("{a:#x}")),
+                            Unexpected::Value(format!("{a:#x}")),
                         );
                     }
                     if p.vas.iter().any(|(x, v)| *x == n || *v == a) {
@@ -652,7 +654,8 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                 "device" => {
                     let n = c.word("a device name (dev...)")?;
                     if !n.starts_with("dev") || n == "device" || !is_ident(&n) {
-                        return c.rejected("a device name starting with `dev`", Found::Word(n));
+                        return c
+                            .rejected("a device name starting with `dev`", Unexpected::Word(n));
                     }
                     if p.devices.iter().any(|d| d.name == n) {
                         return Err(c.at_prev(ParseErrorKind::AlreadyUsed {
@@ -663,7 +666,8 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                     c.eat_word("devid");
                     let id = p.value(&mut c)?;
                     if id >= 128 {
-                        return c.rejected("a devid below 0x80", Found::Value(format!("{id:#x}")));
+                        return c
+                            .rejected("a devid below 0x80", Unexpected::Value(format!("{id:#x}")));
                     }
                     if p.devices.iter().any(|d| u64::from(d.devid) == id) {
                         return Err(c.at_prev(ParseErrorKind::AlreadyUsed {
@@ -724,7 +728,7 @@ pub fn parse(path: &str, text: &str) -> Result<Script, ParseError> {
                     }
                 }
                 "expect-literal" => s.expect_literal = Some(expect(&mut c)?),
-                other => return c.rejected(DECLS, Found::Word(other.into())),
+                other => return c.rejected(DECLS, Unexpected::Word(other.into())),
             }
             Ok(())
         })();

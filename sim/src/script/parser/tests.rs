@@ -298,7 +298,7 @@ fn error_kinds_are_typed() {
         e.kind,
         ParseErrorKind::Expected {
             what: "permissions `ro` or `rw`".into(),
-            found: Found::Word("rx".into()),
+            found: Unexpected::Word("rx".into()),
         }
     );
     assert_eq!(err("title t\n").kind, ParseErrorKind::NoStep);
