@@ -23,10 +23,12 @@ mod access;
 mod audit;
 mod commands;
 pub mod port;
+mod sample;
 mod translate;
 pub mod types;
 
 pub use port::Port;
+pub use sample::{user_leaves, MappedLeaf};
 pub use types::{
     AccessError, AccessFlags, AccessReport, BatchResult, Endpoint, IommuConfig, Stats, TraceEvent,
     Tracer,
