@@ -52,6 +52,7 @@ static void amdvi_bond_put(struct amdvi_bond *bond)
 		return;
 	ida_free(&ad->pasid_ida, bond->pasid);
 	atomic64_dec(&ad->ctr[AMDVI_MC_BONDS_ACTIVE]);
+	mmdrop(bond->mm);
 	kfree(bond);
 }
 
@@ -237,6 +238,13 @@ struct amdvi_bond *amdvi_bind(struct amdvi_dev *ad, struct mm_struct *mm,
 	}
 	bond->pasid = ret;
 	bond->ad = ad;
+	/*
+	 * mm_count, not mm_users: the struct stays valid for unbind and the
+	 * PPR workers until the last bond reference, while exit and exec still
+	 * tear the address space down (->release).  The mm may be another
+	 * process's (BIND_PID).
+	 */
+	mmgrab(mm);
 	bond->mm = mm;
 	bond->ep_mask = ep_mask;
 	refcount_set(&bond->ref, 1);
