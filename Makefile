@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test test-rust lint fmt bench clean sim deps kernels kernels-clear run test-vm \
+.PHONY: all build test test-rust lint fmt bench clean sim deps kernels kernels-clear run shadow test-vm \
 	test-negative vm-bins script-bin test-scripts-vm
 
 all: build
@@ -88,6 +88,23 @@ test-negative: deps kernels vm-bins
 		--expect-caught r1 --json build/negative-end-only.json
 	$(AMDVI_RUN) --kver 6.12 --filter 'cow_*' --config configs/broken-atc.toml \
 		--expect-caught r1,stale --json build/negative-broken-atc.json
+
+# Shadow mode (docs/shadow.md): programs run with the device following their
+# address space. Each workload must pass on the unmodified 6.12 (no failing
+# finding), and the planted notifier_mode=end_only must be caught (R1) under
+# the COW workload. Not part of make test (about a minute of QEMU).
+SHADOW_RUNS ?= 'amdvi-churn cow 200' 'amdvi-churn dontneed 500' 'amdvi-churn munmap 500' \
+	'amdvi-churn mprotect 500' "sh -c 'for i in 1 2; do ls -R / >/dev/null; done'"
+
+shadow: deps kernels vm-bins
+	@fail=0; for c in $(SHADOW_RUNS); do \
+		echo "== shadow: $$c"; \
+		$(AMDVI_RUN) --kver 6.12 --shadow "--rate 0 -- $$c" $(ARGS) || fail=1; \
+	done; \
+	echo "== shadow: amdvi-churn cow 200 with notifier_mode=end_only (must be caught)"; \
+	$(AMDVI_RUN) --kver 6.12 --modparams notifier_mode=end_only \
+		--shadow '--rate 0 -- amdvi-churn cow 200' --expect-caught r1 $(ARGS) || fail=1; \
+	exit $$fail
 
 # Ordering scripts in the guest: one 6.12 boot runs every shipped script's
 # literal order on a private page table against the daemon (amdvi-script),

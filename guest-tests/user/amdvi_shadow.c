@@ -120,7 +120,7 @@ static void usage(const char *prog)
 {
 	fprintf(stderr,
 		"usage: %s [--rate R] [--streams N] [--translate W] [--name NAME] [--allow-r1] -- CMD [ARGS]\n"
-		"  --rate R       accesses per second per stream (0 = unthrottled; default 20000)\n"
+		"  --rate R       accesses per second per stream (default 0: unthrottled)\n"
 		"  --streams N    follow-mode streams, 1..%d (default 1)\n"
 		"  --translate W  weight of ATS translations against reads (weight 1; default 1)\n"
 		"  --name NAME    KTAP test name (default shadow_<basename of CMD>)\n"
@@ -142,7 +142,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
 	};
 	int ch;
 
-	*o = (struct opts){ .rate = 20000, .streams = 1, .translate = 1 };
+	*o = (struct opts){ .rate = 0, .streams = 1, .translate = 1 };
 	while ((ch = getopt_long(argc, argv, "+r:s:t:n:ah", lo, NULL)) != -1) {
 		switch (ch) {
 		case 'r':
