@@ -195,6 +195,40 @@ struct run {
 	const char *error;
 };
 
+/*
+ * BIND_PID must refuse what is not a pidfd (EBADF) and a process the caller
+ * does not trace (EPERM): a sleeping child of ours.  NULL when both hold.
+ */
+static const char *check_refusals(int fd)
+{
+	struct amdvi_ioc_bind_pid b = { 0 };
+	const char *bad = NULL;
+	int pidfd, st;
+	pid_t pid;
+
+	b.pidfd = fd;		/* /dev/amdvi itself */
+	if (!ioctl(fd, AMDVI_IOC_BIND_PID, &b) || errno != EBADF)
+		bad = "BIND_PID accepted a file that is not a pidfd";
+	pid = fork();
+	if (pid < 0)
+		return "fork failed";
+	if (!pid) {
+		pause();
+		_exit(0);
+	}
+	pidfd = syscall(SYS_pidfd_open, pid, 0);
+	b.pidfd = pidfd;
+	if (pidfd < 0)
+		bad = "pidfd_open failed";
+	else if (!ioctl(fd, AMDVI_IOC_BIND_PID, &b) || errno != EPERM)
+		bad = "BIND_PID bound a process the caller does not trace";
+	if (pidfd >= 0)
+		close(pidfd);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	return bad;
+}
+
 /* Start CMD stopped after exec, bind it, start the streams, let it run. */
 static pid_t launch(int fd, const struct opts *o,
 		    const struct amdvi_ioc_info *info, struct run *r)
@@ -297,17 +331,18 @@ static void wait_cmd(int fd, pid_t pid, struct run *r)
 int main(int argc, char **argv)
 {
 	struct amdvi_ioc_finding recs[AMDVI_ORACLE_RECORDS];
-	struct amdvi_ioc_stats s0, s1;
+	struct amdvi_ioc_stats s0, s1, sx;
 	struct amdvi_ioc_info info;
 	struct amdvi_ioc_oracle orc;
 	struct amdvi_ioc_stream_counts sum = { 0 };
 	struct run r = { 0 };
 	struct opts o;
 	char name[64];
-	uint64_t t0, ms, inval, atc_inv, trans, freed, checks;
+	uint64_t t0, ms, releases = 0, inval, atc_inv, trans, freed, checks;
 	uint64_t r_[4];
 	unsigned int i, n;
 	int fd, failed = 0, cmd_ok;
+	const char *refusal;
 	pid_t pid;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -322,6 +357,7 @@ int main(int argc, char **argv)
 		printf("not ok 1 %s\n", name);
 		return 1;
 	}
+	refusal = check_refusals(fd);
 	/* start from an empty oracle and a counter snapshot */
 	dev_oracle_read(fd, AMDVI_ORACLE_CLEAR, NULL, 0, &orc);
 	if (dev_stats(fd, &s0))
@@ -335,6 +371,10 @@ int main(int argc, char **argv)
 		waitpid(pid, &r.status, 0);
 	ms = now_ms() - t0;
 
+	/* the mm went with CMD: ->release ran before our UNBIND */
+	if (!dev_stats(fd, &sx))
+		releases = sx.mod[AMDVI_MC_NOTIF_RELEASE] -
+			   s0.mod[AMDVI_MC_NOTIF_RELEASE];
 	if (r.pasid) {
 		struct amdvi_ioc_unbind u = { .pasid = r.pasid };
 
@@ -385,8 +425,18 @@ int main(int argc, char **argv)
 		       recs[i].pasid, (unsigned long long)recs[i].va,
 		       (unsigned long long)recs[i].cached_pa,
 		       (unsigned long long)recs[i].current_pte);
+	printf("# amdvi-shadow: mm release callbacks at exit=%llu\n",
+	       (unsigned long long)releases);
 	if (r.error) {
 		printf("# amdvi-shadow: %s\n", r.error);
+		failed = 1;
+	}
+	if (refusal) {
+		printf("# amdvi-shadow: %s\n", refusal);
+		failed = 1;
+	}
+	if (r.pasid && !releases) {
+		printf("# amdvi-shadow: CMD exited but its bond saw no mm release\n");
 		failed = 1;
 	}
 	if (!cmd_ok) {
