@@ -1049,3 +1049,135 @@ fn port_follows_memory_table_updates() {
         Err(AccessError::Memory(_))
     ));
 }
+
+fn addr(rec: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(rec[8..].try_into().unwrap())
+}
+
+/// Fidelity (b): untranslated DMA through a GCR3 entry with V=0, or with a
+/// PASID the GCR3 levels cannot index, is a not-present IO_PAGE_FAULT with
+/// GN=1 and the PASID (§2, §3.5); ATS still answers R=W=0 without an event.
+#[test]
+fn untranslated_dma_without_gcr3_entry_logs_io_page_fault() {
+    let mut g = Guest::new(4);
+    g.map_pages(1);
+    let un = AccessFlags {
+        untranslated: true,
+        ..RW
+    };
+    let mut b = [0u8; 8];
+    // PASID 5 has no GCR3 leaf entry (V=0); with a 1-level GCR3 table
+    // PASID 0x203 is beyond what it indexes.
+    for (pasid, write, glx) in [(5u32, false, 1), (5, true, 1), (PASID, false, 0)] {
+        g.write_dte(Dte::encode_v2(DOMAIN, GCR3_ROOT, glx, true, false));
+        g.commands(&[Command::InvalidateDevtabEntry { devid: DEVID }]);
+        let r = if write {
+            g.iommu.dma_write(DEVID, pasid, VA, un, &[1])
+        } else {
+            g.iommu.dma_read(DEVID, pasid, VA, un, &mut b)
+        };
+        assert!(r.is_err(), "PASID {pasid:#x}");
+        let ev = g.events();
+        assert_eq!(ev.len(), 1, "PASID {pasid:#x}: one event");
+        let l = lo(&ev[0].entry);
+        assert_eq!(l >> 60, 2, "IO_PAGE_FAULT");
+        let want = flag::GN | flag::US | if write { flag::RW } else { 0 };
+        assert_eq!((l >> 48) & 0xfff, u64::from(want));
+        assert_eq!((l >> 32) & 0xffff, u64::from(pasid & 0xffff));
+        assert_eq!((l >> 16) & 0xf, u64::from(pasid >> 16));
+        assert_eq!(addr(&ev[0].entry), VA);
+    }
+    assert!(g.iommu.ats_translate(DEVID, 5, VA, RW).unwrap().is_fault());
+    assert!(g.events().is_empty(), "ATS: R=W=0, no event");
+}
+
+/// Fidelity (c): ILLEGAL_DEV_TABLE_ENTRY carries the request's PASID with
+/// GN=1, RW and the address (§5.3), not zeros.
+#[test]
+fn illegal_dte_event_names_pasid_and_address() {
+    let mut g = Guest::new(4);
+    g.map_pages(1);
+    let mut d = Dte::encode_v2(DOMAIN, GCR3_ROOT, 1, true, false);
+    d.0[0] |= 1 << 4;
+    g.write_dte(d);
+    g.commands(&[Command::InvalidateDevtabEntry { devid: DEVID }]);
+    let un = AccessFlags {
+        untranslated: true,
+        ..RW
+    };
+    assert!(g.iommu.dma_write(DEVID, PASID, VA + 8, un, &[1]).is_err());
+    let ev = g.events();
+    let l = lo(&ev[0].entry);
+    assert_eq!(l >> 60, 1);
+    assert_eq!((l >> 48) & 0xfff, u64::from(flag::GN | flag::RZ | flag::RW));
+    assert_eq!((l >> 32) & 0xffff, u64::from(PASID));
+    assert_eq!(addr(&ev[0].entry), VA + 8);
+    assert!(g.iommu.ats_translate(DEVID, PASID, VA, RW).is_err());
+    let l = lo(&g.events()[0].entry);
+    assert_eq!((l >> 48) & 0xfff, u64::from(flag::GN | flag::RZ | flag::TR));
+}
+
+/// Fidelity (d): a DeviceID beyond the device table has no DTE; it is
+/// handled as a DTE with V=0 (§7.1, §9): an ATS request logs
+/// INVALID_DEVICE_REQUEST with TR=1, type 0, GN, PASID and the request's
+/// address, untranslated DMA an IO_PAGE_FAULT, never type 2 (port I/O for
+/// TR=0) with address 0.
+#[test]
+fn device_beyond_device_table_is_handled_as_v0() {
+    const FAR: u16 = 0x200; // the table has 128 entries (one 4 KiB page)
+    let mut g = Guest::with_config(
+        4,
+        IommuConfig {
+            endpoints: vec![DEVID, FAR],
+            pri_timeout: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    g.map_pages(1);
+    assert_eq!(
+        g.iommu.ats_translate(FAR, PASID, VA + 0x40, RW),
+        Err(AccessError::Device { va: VA + 0x40 })
+    );
+    let ev = g.events();
+    assert_eq!(ev.len(), 1);
+    let l = lo(&ev[0].entry);
+    assert_eq!(l >> 60, 8, "INVALID_DEVICE_REQUEST");
+    assert_eq!(l & 0xffff, u64::from(FAR));
+    assert_eq!((l >> 48) & 0x1ff, u64::from(flag::TR | flag::GN));
+    assert_eq!((l >> 57) & 7, 0, "type 0: translation not allowed");
+    assert_eq!((l >> 32) & 0xffff, u64::from(PASID));
+    assert_eq!(addr(&ev[0].entry), VA + 0x40);
+    let un = AccessFlags {
+        untranslated: true,
+        ..RW
+    };
+    assert!(g.iommu.dma_write(FAR, PASID, VA, un, &[1]).is_err());
+    let l = lo(&g.events()[0].entry);
+    assert_eq!(l >> 60, 2, "untranslated: IO_PAGE_FAULT");
+    assert_eq!((l >> 48) & 0xfff, u64::from(flag::GN | flag::RW));
+}
+
+/// Fidelity (e), a documented decision: a leaf that points outside guest
+/// RAM translates (the IOMMU checks reserved bits, not the address map), so
+/// no IOMMU event is logged; the access itself fails as a bus error would
+/// (`AccessError::Memory`), which the device reports (§3.5, §9).
+#[test]
+fn leaf_outside_ram_translates_and_the_access_fails_without_event() {
+    let mut g = Guest::new(4);
+    g.tables().map(VA, 0x8000_0000, 1, USER_RW, DIR);
+    let c = g.iommu.ats_translate(DEVID, PASID, VA, RW).unwrap();
+    assert!(c.r && c.pa_base == 0x8000_0000);
+    assert!(matches!(
+        g.iommu.dma_read(DEVID, PASID, VA, RW, &mut [0u8; 4]),
+        Err(AccessError::Memory(_))
+    ));
+    let un = AccessFlags {
+        untranslated: true,
+        ..RW
+    };
+    assert!(matches!(
+        g.iommu.dma_write(DEVID, PASID, VA, un, &[1]),
+        Err(AccessError::Memory(_))
+    ));
+    assert!(g.events().is_empty());
+}

@@ -48,7 +48,7 @@ impl Iommu {
             flags,
         } = *a;
         inc(&self.stats.ats_requests);
-        let dte = self.dte(mem, devid, true, va)?;
+        let dte = self.dte(mem, a, true, false)?;
         let gt_en = self.control() & control::GT_EN != 0;
         if !dte.v || !dte.tv || !dte.iotlb || !dte.gv || !gt_en {
             let kind = if gt_en {
@@ -319,7 +319,7 @@ impl Iommu {
             flags,
         } = *a;
         let write = buf.is_write();
-        let dte = self.dte(mem, devid, false, va)?;
+        let dte = self.dte(mem, a, false, write)?;
         if !dte.v || !dte.tv || !dte.gv || self.control() & control::GT_EN == 0 {
             // No guest translation for PASID-tagged DMA: target abort.
             self.log_event(Event::io_page_fault(
@@ -395,7 +395,7 @@ impl Iommu {
         };
         let ctl = self.control();
         let dte_ppr_ok = self
-            .dte(mem, ep.devid, true, va)
+            .dte(mem, a, true, write)
             .is_ok_and(|d| d.ppr || ctl & control::EPH_EN == 0);
         let dropped = self
             .faults
