@@ -7,7 +7,7 @@ use super::types::{inc, AccessError, AccessFlags, AccessReport, Endpoint, TraceE
 use super::Iommu;
 use crate::ats::{AtsCompletion, PRG_INVALID, PRG_SUCCESS};
 use crate::event::{self, flag, Event, PprEntry};
-use crate::fault::{FaultAction, FaultPoint};
+use crate::fault::{apply_delay, FaultAction, FaultPoint};
 use crate::mem::{self, Mem};
 use crate::oracle::Source;
 use crate::regs::control;
@@ -101,6 +101,17 @@ impl Iommu {
         Ok(c)
     }
 
+    /// The atc_fill point: drop skips the fill; delay stores it late (an
+    /// invalidation meanwhile still suppresses it through the gate's
+    /// generation).
+    fn atc_fill_allowed(&self, devid: u16, pasid: u32) -> bool {
+        apply_delay(
+            self.faults
+                .check(FaultPoint::AtcFill, Some(devid), Some(pasid)),
+        )
+        .is_none()
+    }
+
     fn endpoint_checked(&self, devid: u16, pasid: u32) -> Result<&Endpoint, AccessError> {
         Self::check_pasid(pasid)?;
         self.endpoint(devid).ok_or(AccessError::NoEndpoint(devid))
@@ -130,12 +141,7 @@ impl Iommu {
         let ep = self.endpoint_checked(devid, pasid)?;
         let gen = ep.gate.read().gen;
         let c = self.ats_request(mem, a)?;
-        if !c.is_fault()
-            && self
-                .faults
-                .check(FaultPoint::AtcFill, Some(devid), Some(pasid))
-                .is_none()
-        {
+        if !c.is_fault() && self.atc_fill_allowed(devid, pasid) {
             ep.gate.fill(gen, pasid, va & !0xfff, c);
         }
         Ok(c)
@@ -254,11 +260,7 @@ impl Iommu {
             let c = self.ats_request(mem, a)?;
             rep.completion = c;
             if c.allows(write) {
-                if self
-                    .faults
-                    .check(FaultPoint::AtcFill, Some(ep.devid), Some(pasid))
-                    .is_none()
-                {
+                if self.atc_fill_allowed(ep.devid, pasid) {
                     ep.gate.fill(gen, pasid, va, c);
                 }
                 // Use the completion unless an invalidation overtook it.
@@ -397,10 +399,11 @@ impl Iommu {
         let dte_ppr_ok = self
             .dte(mem, a, true, write)
             .is_ok_and(|d| d.ppr || ctl & control::EPH_EN == 0);
-        let dropped = self
-            .faults
-            .check(FaultPoint::PriRequest, Some(ep.devid), Some(pasid))
-            == Some(FaultAction::Drop);
+        let dropped = apply_delay(self.faults.check(
+            FaultPoint::PriRequest,
+            Some(ep.devid),
+            Some(pasid),
+        )) == Some(FaultAction::Drop);
         if ctl & control::PPR_LOG_EN == 0 || ctl & control::PPR_EN == 0 || !dte_ppr_ok {
             // PRI not accepted: INVALID_PPR_REQUEST in the PPR-like layout
             // (§5.3, §9) and an Invalid Request answer from the IOMMU itself.

@@ -221,10 +221,11 @@ impl Iommu {
         let Access {
             devid, pasid, va, ..
         } = *a;
-        if self
-            .faults
-            .check(FaultPoint::IotlbFill, Some(devid), Some(pasid))
-            .is_some()
+        if apply_delay(
+            self.faults
+                .check(FaultPoint::IotlbFill, Some(devid), Some(pasid)),
+        )
+        .is_some()
         {
             return;
         }
