@@ -149,10 +149,11 @@ impl Iommu {
                     code,
                 });
                 if let Some(ep) = self.endpoint(devid) {
-                    if self
-                        .faults
-                        .check(FaultPoint::PriResponse, Some(devid), None)
-                        .is_none()
+                    if apply_delay(
+                        self.faults
+                            .check(FaultPoint::PriResponse, Some(devid), None),
+                    )
+                    .is_none()
                         && !ep.pri.respond(tag, code)
                     {
                         log::debug!("PRG response for {devid:#06x} with unexpected index {tag}");
