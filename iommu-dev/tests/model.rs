@@ -1323,3 +1323,56 @@ fn atc_fill_delay_is_not_a_bug() {
     assert!(t.elapsed() >= Duration::from_millis(50));
     assert_eq!(g.iommu.cache_sizes().2, 1, "delayed, still filled");
 }
+
+/// Fidelity (a): a write after an RO->RW upgrade that Linux makes without
+/// an invalidation (wp_page_reuse()). With `ats_permission_miss = Rewalk`
+/// (default) the translation request after the PRI Success walks again and
+/// the write lands; with `Cached` the IOTLB keeps answering read-only, the
+/// device retranslates up to the cap and the write is lost.
+#[test]
+fn write_after_silent_permission_upgrade() {
+    for (miss, lands) in [
+        (iommu_dev::PermissionMiss::Rewalk, true),
+        (iommu_dev::PermissionMiss::Cached, false),
+    ] {
+        let mut g = Guest::with_config(
+            4,
+            IommuConfig {
+                ats_permission_miss: miss,
+                pri_timeout: Duration::from_millis(500),
+                ..Default::default()
+            },
+        );
+        g.tables().map(VA, DATA, 1, PTE_P | PTE_US | PTE_A, DIR);
+        // The device reads: the IOTLB and the ATC cache the read-only PTE.
+        let c = g.iommu.ats_translate(DEVID, PASID, VA, RW).unwrap();
+        assert!(c.r && !c.w);
+        let pte = g.tables().entry_gpa(VA, 1);
+        let g = &g;
+        // A page-request handler that upgrades the PTE in place, without
+        // an invalidation, and answers Success.
+        let stop = AtomicBool::new(false);
+        let pri = AccessFlags {
+            no_pri: false,
+            ..RW
+        };
+        thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(r) = g.iommu.ppr_log().take(1).first() {
+                        let e = PprEntry::decode(&r.entry);
+                        mem::store_u64(&g.mem, pte, DATA | USER_RW | PTE_A | PTE_D).unwrap();
+                        respond(g, e.tag & 0x1ff, 0);
+                    }
+                    thread::sleep(Duration::from_micros(200));
+                }
+            });
+            let r = g.iommu.dma_write(DEVID, PASID, VA, pri, &[7]);
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(r.is_ok(), lands, "{miss:?}: {r:?}");
+        });
+        let mut b = [0u8; 1];
+        mem::read(&g.mem, DATA, &mut b).unwrap();
+        assert_eq!(b[0] == 7, lands, "{miss:?}: the write landed");
+    }
+}

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use iommu_dev::{FaultAction, FaultError, FaultPoint, FaultRule, IommuConfig};
+use iommu_dev::{FaultAction, FaultError, FaultPoint, FaultRule, IommuConfig, PermissionMiss};
 use serde::Deserialize;
 
 use crate::virtio_amdvi::MAX_ENDPOINTS;
@@ -37,6 +37,7 @@ struct FileConfig {
     ppr_log_entries: Option<u32>,
     event_backlog: Option<u32>,
     max_streams: Option<u32>,
+    ats_permission_miss: Option<String>,
     #[serde(default)]
     fault: Vec<FileFault>,
 }
@@ -78,6 +79,7 @@ impl Default for DaemonConfig {
                 pri_timeout: Duration::from_millis(2000),
                 event_log_entries: 512,
                 ppr_log_entries: 512,
+                ats_permission_miss: PermissionMiss::Rewalk,
             },
             max_streams: 16,
             faults: Vec::new(),
@@ -195,6 +197,9 @@ impl DaemonConfig {
         let backlog = pos("event_backlog", fc.event_backlog, 512, 1 << 20)?;
         i.event_log_entries = pos("event_log_entries", fc.event_log_entries, backlog, 1 << 20)?;
         i.ppr_log_entries = pos("ppr_log_entries", fc.ppr_log_entries, backlog, 1 << 20)?;
+        if let Some(m) = &fc.ats_permission_miss {
+            i.ats_permission_miss = m.parse().map_err(|e| err("ats_permission_miss", e))?;
+        }
         let max_streams = pos("max_streams", fc.max_streams, d.max_streams as usize, 256)? as u32;
         let mut faults = Vec::new();
         for (n, f) in fc.fault.iter().enumerate() {
@@ -374,6 +379,17 @@ times = 3
         );
         let e = bad("[[fault]]\npoint = \"walk_read\"\naction = \"drop\"\ncolour = 1\n");
         assert_eq!(e.key, "fault.colour");
+        assert_eq!(
+            bad("ats_permission_miss = \"maybe\"").key,
+            "ats_permission_miss"
+        );
+        assert_eq!(
+            DaemonConfig::from_toml("x", "ats_permission_miss = \"cached\"")
+                .unwrap()
+                .iommu
+                .ats_permission_miss,
+            PermissionMiss::Cached
+        );
         let e = bad("[[fault]]\npoint = \"walk_read\"\naction = \"narrow\"\n");
         assert_eq!(e.key, "fault[0].action");
         assert!(e.reason.contains("walk_read"), "{e}");

@@ -3,14 +3,18 @@
 
 use super::port::Tally;
 use super::translate::Xlate;
-use super::types::{inc, AccessError, AccessFlags, AccessReport, Endpoint, TraceEvent};
+use super::types::{
+    inc, AccessError, AccessFlags, AccessReport, Endpoint, PermissionMiss, TraceEvent,
+};
 use super::Iommu;
 use crate::ats::{AtsCompletion, PRG_INVALID, PRG_SUCCESS};
+use crate::cache::Tag;
 use crate::event::{self, flag, Event, PprEntry};
 use crate::fault::{apply_delay, FaultAction, FaultPoint};
 use crate::mem::{self, Mem};
 use crate::oracle::Source;
 use crate::regs::control;
+use crate::srange::SRange;
 use crate::walker::{Dirty, Request};
 
 /// How often one access retranslates (page requests, overtaking invalidations).
@@ -396,9 +400,25 @@ impl Iommu {
             addr: va & !0xfff,
         };
         let ctl = self.control();
-        let dte_ppr_ok = self
-            .dte(mem, a, true, write)
+        let dte = self.dte(mem, a, true, write);
+        let dte_ppr_ok = dte
+            .as_ref()
             .is_ok_and(|d| d.ppr || ctl & control::EPH_EN == 0);
+        if let (Ok(d), PermissionMiss::Rewalk) = (&dte, self.cfg.ats_permission_miss) {
+            // The page request is the device's fault report: as an x86 TLB
+            // drops the entry of a faulting address (SDM 4.10.4.1), the
+            // IOMMU drops its IOTLB entry for the page, so the translation
+            // request after PRI Success walks the tables and sees a
+            // permission the kernel raised without invalidating.
+            let tag = Tag {
+                domain_id: d.domain_id,
+                pasid,
+            };
+            self.iotlb
+                .lock()
+                .unwrap()
+                .invalidate(tag, &SRange::aligned(va, 12));
+        }
         let dropped = apply_delay(self.faults.check(
             FaultPoint::PriRequest,
             Some(ep.devid),

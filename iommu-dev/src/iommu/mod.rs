@@ -28,8 +28,8 @@ pub mod types;
 
 pub use port::Port;
 pub use types::{
-    AccessError, AccessFlags, AccessReport, BatchResult, Endpoint, IommuConfig, Stats, TraceEvent,
-    Tracer,
+    AccessError, AccessFlags, AccessReport, BatchResult, Endpoint, IommuConfig, PermissionMiss,
+    Stats, TraceEvent, Tracer,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
