@@ -338,12 +338,18 @@ pub fn parse_fault(s: &str) -> Result<FaultRule, String> {
         .split_once(':')
         .ok_or_else(|| format!("expected POINT:ACTION (e.g. atc_invalidate:drop), found `{s}`"))?;
     let point: FaultPoint = p.parse()?;
-    let action = match a {
-        "drop" => FaultAction::Drop,
-        "fail" => FaultAction::Fail,
-        _ => return Err(format!("expected fault action drop or fail, found `{a}`")),
+    // A delay means nothing to an exploration of every interleaving.
+    let action = match FaultAction::parse(a, None) {
+        Ok(act) if a != "delay" => act,
+        _ => {
+            return Err(format!(
+                "expected fault action drop, fail, defer, narrow or other_pasid, found `{a}`"
+            ))
+        }
     };
-    Ok(FaultRule::new(point, action))
+    let rule = FaultRule::new(point, action);
+    rule.validate().map_err(|e| e.to_string())?;
+    Ok(rule)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1348,7 +1354,7 @@ expect redundant inv#1   # a comment after inv#1
             (
                 "fault atc_invalidate:explode\ncpu clear A\n",
                 1,
-                "expected fault action drop or fail",
+                "expected fault action drop, fail, defer",
             ),
             (
                 "fault nowhere:drop\ncpu clear A\n",
