@@ -75,18 +75,23 @@ impl FaultPoint {
     /// The actions that mean something at this point (others would be
     /// silently ignored, so a config naming one is an error).
     pub fn actions(&self) -> &'static [&'static str] {
+        // `fail` where the operation has no failure of its own is as `drop`.
         match self {
-            FaultPoint::IotlbInvalidate => &["drop", "delay", "defer", "narrow", "other_pasid"],
+            FaultPoint::IotlbInvalidate => {
+                &["drop", "fail", "delay", "defer", "narrow", "other_pasid"]
+            }
             FaultPoint::AtcInvalidate => {
                 &["drop", "delay", "fail", "defer", "narrow", "other_pasid"]
             }
             FaultPoint::CompletionWait => &["defer", "delay"],
-            FaultPoint::PwcInvalidate | FaultPoint::DteInvalidate => &["drop", "delay"],
+            FaultPoint::PwcInvalidate
+            | FaultPoint::DteInvalidate
+            | FaultPoint::IotlbFill
+            | FaultPoint::AtcFill
+            | FaultPoint::PriResponse => &["drop", "fail", "delay"],
             FaultPoint::WalkRead => &["fail", "delay"],
-            FaultPoint::IotlbFill | FaultPoint::AtcFill => &["drop", "delay"],
             FaultPoint::Command => &["drop", "fail", "delay"],
             FaultPoint::PriRequest => &["drop", "delay"],
-            FaultPoint::PriResponse => &["drop", "delay"],
         }
     }
 }
