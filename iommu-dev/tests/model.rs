@@ -706,7 +706,12 @@ fn illegal_command_stops_the_batch() {
         addr: 0xf_0000_0000,
         data: 1,
     }]);
-    assert!(r.illegal.is_some());
+    assert_eq!(
+        r.illegal.map(|i| i.2),
+        Some(CommandError::StoreOutsideRam {
+            addr: 0xf_0000_0000
+        })
+    );
     let _ = g.events();
 }
 
@@ -934,7 +939,14 @@ fn fault_injection_points() {
         times: 1,
         ..FaultRule::new(FaultPoint::Command, FaultAction::Fail)
     });
-    assert!(g.commands(&[Command::InvalidateIommuAll]).illegal.is_some());
+    assert_eq!(
+        g.commands(&[Command::InvalidateIommuAll])
+            .illegal
+            .map(|i| i.2),
+        Some(CommandError::Injected {
+            opcode: iommu_dev::command::opcode::INVALIDATE_IOMMU_ALL
+        })
+    );
     g.iommu.faults().add(FaultRule {
         times: 1,
         ..FaultRule::new(FaultPoint::Command, FaultAction::Drop)

@@ -2,7 +2,7 @@
 //! untranslated through the IOTLB), and PRI page requests.
 
 use super::port::Tally;
-use super::translate::Xlate;
+use super::translate::{TableReadFailed, Xlate};
 use super::types::{
     inc, AccessError, AccessFlags, AccessReport, Endpoint, PermissionMiss, TraceEvent,
 };
@@ -80,7 +80,7 @@ impl Iommu {
             Dirty::IfWritable
         };
         let c = match self.translate(mem, a, &dte, req, dirty, true) {
-            Err(()) => return Err(AccessError::Device { va }),
+            Err(TableReadFailed) => return Err(AccessError::Device { va }),
             Ok(Xlate::Fault) => {
                 inc(&self.stats.ats_faults);
                 AtsCompletion::fault(12)
@@ -342,7 +342,7 @@ impl Iommu {
             privileged: flags.privileged,
         };
         match self.translate(mem, a, &dte, req, Dirty::OnWrite, false) {
-            Err(()) => Err(AccessError::Device { va }),
+            Err(TableReadFailed) => Err(AccessError::Device { va }),
             Ok(Xlate::Fault) => Err(AccessError::Fault { va }),
             Ok(Xlate::Ok(e)) => {
                 let pa = e.pa_base | (va & ((1u64 << e.size_log2) - 1));

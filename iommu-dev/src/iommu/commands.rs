@@ -28,9 +28,9 @@ impl Iommu {
         for (i, (gpa, raw)) in cmds.iter().enumerate() {
             let injected = apply_delay(self.faults.check(FaultPoint::Command, None, None));
             let decoded = match injected {
-                Some(FaultAction::Fail) => Err(CommandError::Opcode(
-                    (u64::from_le_bytes(raw[..8].try_into().unwrap()) >> 60) as u8,
-                )),
+                Some(FaultAction::Fail) => Err(CommandError::Injected {
+                    opcode: (u64::from_le_bytes(raw[..8].try_into().unwrap()) >> 60) as u8,
+                }),
                 _ => Command::decode(raw),
             };
             let cmd = match decoded {
@@ -94,9 +94,10 @@ impl Iommu {
                 inc(&self.stats.completion_waits);
                 // Every earlier command has completed: execution is synchronous.
                 if store && mem::store_u64(&self.memory(), addr, data).is_err() {
-                    log::warn!("COMPLETION_WAIT store address {addr:#x} is outside guest RAM");
+                    let err = CommandError::StoreOutsideRam { addr };
+                    log::warn!("{err}");
                     self.log_event(Event::command_hw_error(gpa));
-                    return Err(CommandError::Reserved { lo: addr, hi: 0 });
+                    return Err(err);
                 }
                 if interrupt {
                     res.comp_wait_int += 1;

@@ -22,6 +22,12 @@ pub(super) enum Xlate {
     Fault,
 }
 
+/// A table read of the walk failed (outside guest RAM, or an injected
+/// `walk_read` failure); PAGE_TAB_HARDWARE_ERROR has been logged and the
+/// device sees a completer abort, not a translation fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TableReadFailed;
+
 impl Iommu {
     /// The DTE of the requester (cached, or read and checked); a failure has
     /// been logged as the event hardware would write. Every request the
@@ -96,7 +102,7 @@ impl Iommu {
         req: Request,
         dirty: Dirty,
         ats: bool,
-    ) -> Result<Xlate, ()> {
+    ) -> Result<Xlate, TableReadFailed> {
         let Access {
             devid, pasid, va, ..
         } = *a;
@@ -145,7 +151,7 @@ impl Iommu {
                 flags_base,
                 dte.gcr3_root,
             ));
-            return Err(());
+            return Err(TableReadFailed);
         }
         let cached = self.pwc.lock().unwrap().lookup(tag, va, levels);
         let start = match cached {
@@ -171,7 +177,7 @@ impl Iommu {
                 }
                 Err(Gcr3Fault::Memory(gpa)) => {
                     self.log_event(Event::page_tab_hw_error(devid, pasid, flags_base, gpa));
-                    return Err(());
+                    return Err(TableReadFailed);
                 }
             },
         };
@@ -191,7 +197,7 @@ impl Iommu {
             }
             Err(WalkFault::Memory { gpa }) => {
                 self.log_event(Event::page_tab_hw_error(devid, pasid, flags_base | rw, gpa));
-                Err(())
+                Err(TableReadFailed)
             }
             Err(WalkFault::Reserved { .. }) => {
                 self.log_event(Event::io_page_fault(
