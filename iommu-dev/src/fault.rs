@@ -10,68 +10,40 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
-/// Where a rule applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FaultPoint {
-    /// A page-table read by the walker (fail: PAGE_TAB_HARDWARE_ERROR).
-    WalkRead,
-    /// Filling the IOTLB after a walk (drop: not cached).
-    IotlbFill,
-    /// INVALIDATE_IOMMU_PAGES / _ALL on the IOTLB and walk cache (drop: nothing
-    /// removed; defer, narrow, other_pasid: see [`FaultAction`]).
-    IotlbInvalidate,
-    /// The walk-cache part of INVALIDATE_IOMMU_PAGES with PDE=1 (drop: the
-    /// walk cache keeps the upper-level entries; the IOTLB is still flushed).
-    PwcInvalidate,
-    /// INVALIDATE_DEVTAB_ENTRY (drop: the cached DTE stays).
-    DteInvalidate,
-    /// Any command before it executes (drop: skipped; fail: illegal).
-    Command,
-    /// An endpoint storing a completion in its ATC (drop: not cached).
-    AtcFill,
-    /// INVALIDATE_IOTLB_PAGES reaching an endpoint's ATC (drop: ignored and
-    /// completed anyway, a broken device; fail: no completion, IOTLB_INV_TIMEOUT).
-    AtcInvalidate,
-    /// A PRI page request leaving the endpoint (drop: lost).
-    PriRequest,
-    /// A PRG response reaching the endpoint (drop: lost).
-    PriResponse,
-    /// COMPLETION_WAIT (defer: the wait stores and completes although the
-    /// invalidations ahead of it in the batch take effect only afterwards).
-    CompletionWait,
+crate::named_enum! {
+    /// Where a rule applies.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum FaultPoint {
+        /// A page-table read by the walker (fail: PAGE_TAB_HARDWARE_ERROR).
+        WalkRead => "walk_read",
+        /// Filling the IOTLB after a walk (drop: not cached).
+        IotlbFill => "iotlb_fill",
+        /// INVALIDATE_IOMMU_PAGES / _ALL on the IOTLB and walk cache (drop: nothing
+        /// removed; defer, narrow, other_pasid: see [`FaultAction`]).
+        IotlbInvalidate => "iotlb_invalidate",
+        /// The walk-cache part of INVALIDATE_IOMMU_PAGES with PDE=1 (drop: the
+        /// walk cache keeps the upper-level entries; the IOTLB is still flushed).
+        PwcInvalidate => "pwc_invalidate",
+        /// INVALIDATE_DEVTAB_ENTRY (drop: the cached DTE stays).
+        DteInvalidate => "dte_invalidate",
+        /// Any command before it executes (drop: skipped; fail: illegal).
+        Command => "command",
+        /// An endpoint storing a completion in its ATC (drop: not cached).
+        AtcFill => "atc_fill",
+        /// INVALIDATE_IOTLB_PAGES reaching an endpoint's ATC (drop: ignored and
+        /// completed anyway, a broken device; fail: no completion, IOTLB_INV_TIMEOUT).
+        AtcInvalidate => "atc_invalidate",
+        /// A PRI page request leaving the endpoint (drop: lost).
+        PriRequest => "pri_request",
+        /// A PRG response reaching the endpoint (drop: lost).
+        PriResponse => "pri_response",
+        /// COMPLETION_WAIT (defer: the wait stores and completes although the
+        /// invalidations ahead of it in the batch take effect only afterwards).
+        CompletionWait => "completion_wait",
+    }
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 11] = [
-        FaultPoint::WalkRead,
-        FaultPoint::IotlbFill,
-        FaultPoint::IotlbInvalidate,
-        FaultPoint::PwcInvalidate,
-        FaultPoint::DteInvalidate,
-        FaultPoint::Command,
-        FaultPoint::AtcFill,
-        FaultPoint::AtcInvalidate,
-        FaultPoint::PriRequest,
-        FaultPoint::PriResponse,
-        FaultPoint::CompletionWait,
-    ];
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            FaultPoint::WalkRead => "walk_read",
-            FaultPoint::IotlbFill => "iotlb_fill",
-            FaultPoint::IotlbInvalidate => "iotlb_invalidate",
-            FaultPoint::PwcInvalidate => "pwc_invalidate",
-            FaultPoint::DteInvalidate => "dte_invalidate",
-            FaultPoint::Command => "command",
-            FaultPoint::AtcFill => "atc_fill",
-            FaultPoint::AtcInvalidate => "atc_invalidate",
-            FaultPoint::PriRequest => "pri_request",
-            FaultPoint::PriResponse => "pri_response",
-            FaultPoint::CompletionWait => "completion_wait",
-        }
-    }
-
     /// The actions that mean something at this point (others would be
     /// silently ignored, so a config naming one is an error).
     pub fn actions(&self) -> &'static [&'static str] {

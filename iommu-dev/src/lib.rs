@@ -22,6 +22,7 @@ pub mod event;
 pub mod fault;
 pub mod iommu;
 pub mod mem;
+mod names;
 pub mod oracle;
 pub mod pgtable;
 pub mod regs;
