@@ -13,8 +13,8 @@
 #   scripts/deps.sh                 the VM test path (make run, make test-vm)
 #   scripts/deps.sh --kernel-build  also what make kernel and make mutants
 #                                   need: kbuild's tools, libelf for objtool,
-#                                   ccache, xz for the source tarball, python3
-#                                   for the mutant matrix
+#                                   ccache, xz for the source tarball
+# python3 runs the fault and mutant matrices (make matrix, make mutants).
 set -euo pipefail
 
 KERNEL_BUILD=0
@@ -26,8 +26,8 @@ esac
 
 QEMU_MIN_MAJOR=10
 QEMU_MIN_MINOR=0
-BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring)
-KERNEL_PKGS=(flex bison bc libelf-dev ccache xz-utils python3)
+BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring python3)
+KERNEL_PKGS=(flex bison bc libelf-dev ccache xz-utils)
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 
 log() { printf 'deps: %s\n' "$*"; }
@@ -69,10 +69,11 @@ missing=()
 qemu_ok || missing+=("qemu-system-x86 (>= ${QEMU_MIN_MAJOR}.${QEMU_MIN_MINOR})")
 [[ -x /bin/busybox ]] || missing+=(busybox-static)
 command -v cpio >/dev/null || missing+=(cpio)
+command -v python3 >/dev/null || missing+=(python3)
 command -v depmod >/dev/null || [[ -x /usr/sbin/depmod || -x /sbin/depmod ]] || missing+=(kmod)
 command -v gcc >/dev/null && command -v make >/dev/null || missing+=(build-essential)
 if ((KERNEL_BUILD)); then
-	for c in flex bison bc ccache xz python3; do
+	for c in flex bison bc ccache xz; do
 		command -v "$c" >/dev/null || missing+=("$c")
 	done
 	[[ -e /usr/include/gelf.h ]] || missing+=(libelf-dev)
@@ -100,11 +101,12 @@ if [[ "$codename" == other ]]; then
 	cat >&2 <<EOF
 deps: this script installs packages on Debian 12 and 13 only. Install by hand:
   - QEMU >= ${QEMU_MIN_MAJOR}.${QEMU_MIN_MINOR} (qemu-system-x86_64; >= 10.2 for the generic carrier)
-  - a static busybox at /bin/busybox, cpio, gcc, make, static libc, kmod (depmod)
+  - a static busybox at /bin/busybox, cpio, gcc, make, static libc, kmod (depmod),
+    python3 (make matrix, make mutants)
   - for the guest kernels: apt-get, dpkg-deb and Debian's archive keyring
     (scripts/kernel-cache.sh), or pass your own --kernel/--headers to amdvi-run
   - for make kernel and make mutants: flex, bison, bc, libelf (headers),
-    ccache, xz and python3
+    ccache and xz
 EOF
 	exit 1
 fi
