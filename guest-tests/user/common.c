@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * amdvi-tests: checks and helpers shared by the scenario files: the
+ * fork-and-keep-COW-copy sleeper, the write-stream and round-trip data
+ * checks, module counters.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests.h"
+
+const char *st_str(int ret)
+{
+	return ret < 0 ? strerror(-ret) : status_name(ret);
+}
+
+/* ---- common pieces ---- */
+
+/*
+ * fork() a child that keeps the COW copy of @buf alive until told to go,
+ * then checks that its copy still holds @seed's pattern (exit 0) or not (1).
+ */
+bool sleeper_fork(struct ctx *c, struct sleeper *s, void *buf,
+			 size_t len, uint64_t seed)
+{
+	int p[2];
+	char x;
+
+	if (pipe(p)) {
+		fail(c, "pipe: %s", strerror(errno));
+		return false;
+	}
+	fflush(stdout);
+	s->pid = fork();
+	if (s->pid < 0) {
+		fail(c, "fork: %s", strerror(errno));
+		return false;
+	}
+	if (!s->pid) {
+		close(p[1]);
+		while (read(p[0], &x, 1) < 0 && errno == EINTR)
+			;
+		_exit(cmp_words(buf, len, seed) < 0 ? 0 : 1);
+	}
+	close(p[0]);
+	s->wfd = p[1];
+	return true;
+}
+
+void sleeper_finish(struct ctx *c, struct sleeper *s)
+{
+	int status = 0;
+
+	if (s->pid <= 0)
+		return;
+	if (write(s->wfd, "x", 1) != 1)
+		kill(s->pid, SIGKILL);
+	close(s->wfd);
+	waitpid(s->pid, &status, 0);
+	CHECK(c, WIFEXITED(status) && WEXITSTATUS(status) == 0,
+	      "child's COW copy: expected the pre-fork content, saw it changed (wait status %#x)",
+	      status);
+	s->pid = 0;
+}
+
+/*
+ * Check the slots a write-only stream wrote (first word of each stride):
+ * the last write must be visible to the CPU, and with no faults the slots
+ * must hold exactly the last @nslots values (no write lost).
+ */
+void check_write_stream(struct ctx *c, const void *base,
+			       unsigned int nslots, uint32_t stride,
+			       uint64_t wv, const struct amdvi_ioc_stream_counts *k,
+			       const char *what)
+{
+	uint64_t lo = wv, hi = wv + k->writes, max = 0, min = ~0ULL;
+	unsigned int written = 0, bad = 0;
+
+	if (!k->writes) {
+		diag(c, "%s: stream made no writes (faults %llu)", what,
+		     (unsigned long long)k->faults);
+		return;
+	}
+	for (unsigned int i = 0; i < nslots; i++) {
+		uint64_t v = *(const volatile uint64_t *)((const char *)base +
+						(size_t)i * stride);
+
+		if (v >= lo && v <= hi) {
+			written++;
+			max = v > max ? v : max;
+			min = v < min ? v : min;
+		} else if ((v >> 48) != 0x5a5a) {
+			bad++;
+		}
+	}
+	CHECK(c, bad == 0,
+	      "%s: expected every slot to hold the fill pattern or a stream value in [%#llx, %#llx], saw %u foreign values",
+	      what, (unsigned long long)lo, (unsigned long long)hi, bad);
+	CHECK(c, max == hi || max == hi - 1,
+	      "%s: expected the last device write (%#llx) visible to the CPU, saw newest %#llx",
+	      what, (unsigned long long)(hi - 1), (unsigned long long)max);
+	if (!k->faults && !k->errors && k->writes >= nslots)
+		CHECK(c, written == nslots && max - min == nslots - 1,
+		      "%s: expected the %u slots to hold the last %u writes (%#llx..%#llx), saw %u written, range %#llx..%#llx",
+		      what, nslots, nslots,
+		      (unsigned long long)(max - nslots + 1),
+		      (unsigned long long)max, written,
+		      (unsigned long long)min, (unsigned long long)max);
+}
+
+/* device writes @v at @p, CPU must see it; CPU writes, device must see it */
+void roundtrip(struct ctx *c, uint64_t *p, uint64_t v, const char *what)
+{
+	uint64_t got = 0;
+	int ret;
+
+	ret = dacc(c, 0, AMDVI_OP_WRITE, p, &v, 8, NULL);
+	CHECK(c, ret == ST_OK, "%s: device write at %p: expected OK, saw %s",
+	      what, (void *)p, st_str(ret));
+	if (ret == ST_OK)
+		CHECK(c, *(volatile uint64_t *)p == v,
+		      "%s: CPU read after device write at %p: expected %#llx, saw %#llx",
+		      what, (void *)p, (unsigned long long)v,
+		      (unsigned long long)*p);
+	*(volatile uint64_t *)p = ~v;
+	ret = dacc(c, 0, AMDVI_OP_READ, p, &got, 8, NULL);
+	CHECK(c, ret == ST_OK && got == ~v,
+	      "%s: device read after CPU write at %p: expected OK %#llx, saw %s %#llx",
+	      what, (void *)p, (unsigned long long)~v, st_str(ret),
+	      (unsigned long long)got);
+}
+
+uint64_t mod_counter(struct ctx *c, unsigned int idx)
+{
+	struct amdvi_ioc_stats st;
+
+	if (dev_stats(c->fd, &st) || idx >= st.nmod)
+		return ~0ULL;
+	return st.mod[idx];
+}
