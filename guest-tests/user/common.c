@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -146,4 +147,94 @@ uint64_t mod_counter(struct ctx *c, unsigned int idx)
 	if (dev_stats(c->fd, &st) || idx >= st.nmod)
 		return ~0ULL;
 	return st.mod[idx];
+}
+
+/* Bits 63 (present) and 62 (swapped) of @addr's /proc/self/pagemap entry. */
+int page_state(const void *addr, bool *present, bool *swapped)
+{
+	uint64_t e = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	off_t off = (uintptr_t)addr / PAGE_SZ * sizeof(e);
+	int ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (pread(fd, &e, sizeof(e), off) != sizeof(e))
+		ret = -EIO;
+	close(fd);
+	*present = e >> 63 & 1;
+	*swapped = e >> 62 & 1;
+	return ret;
+}
+
+/* Pages of [buf, buf + n pages) that are swapped out / not present. */
+void count_pages(const void *buf, unsigned int n, unsigned int *swapped,
+		 unsigned int *absent)
+{
+	*swapped = *absent = 0;
+	for (unsigned int i = 0; i < n; i++) {
+		bool p = true, s = false;
+
+		page_state((const char *)buf + (size_t)i * PAGE_SZ, &p, &s);
+		*swapped += s;
+		*absent += !p;
+	}
+}
+
+/*
+ * The first line of @path (a /run/amdvi-*.reason file /init leaves when it
+ * could not set something up) into @buf; false when there is none.
+ */
+bool setup_reason(const char *path, char *buf, size_t len)
+{
+	FILE *f = fopen(path, "r");
+	bool got;
+
+	if (!f)
+		return false;
+	got = fgets(buf, len, f) != NULL;
+	fclose(f);
+	if (got)
+		buf[strcspn(buf, "\n")] = '\0';
+	return got;
+}
+
+/* Have the data endpoint cache a translation of every page of the range. */
+void hold_translations(struct ctx *c, const void *buf, size_t len)
+{
+	for (size_t off = 0; off < len; off += PAGE_SZ) {
+		int ret = dacc(c, 0, AMDVI_OP_TRANSLATE, (const char *)buf + off,
+			       NULL, 0, NULL);
+
+		CHECK(c, ret == ST_OK, "TRANSLATE at +%#zx: expected OK, saw %s",
+		      off, st_str(ret));
+	}
+}
+
+/* Device read of [va, va + len) compared with @want; false on a difference. */
+bool device_reads(struct ctx *c, const void *va, const void *want, size_t len,
+		  const char *what)
+{
+	uint8_t *tmp = malloc(len);
+	size_t off;
+	int ret;
+
+	if (!tmp) {
+		fail(c, "%s: expected memory, saw allocation failure", what);
+		return false;
+	}
+	ret = dacc(c, 0, AMDVI_OP_READ, va, tmp, len, NULL);
+	for (off = 0; ret == ST_OK && off < len; off += 8)
+		if (memcmp(tmp + off, (const uint8_t *)want + off, 8))
+			break;
+	if (ret != ST_OK)
+		fail(c, "%s: device READ of %p+%#zx: expected OK, saw %s", what,
+		     va, len, st_str(ret));
+	else if (off < len)
+		fail(c, "%s: device READ at +%#zx: expected %#llx, saw %#llx",
+		     what, off,
+		     (unsigned long long)*(const uint64_t *)((const uint8_t *)want + off),
+		     (unsigned long long)*(uint64_t *)(tmp + off));
+	free(tmp);
+	return ret == ST_OK && off >= len;
 }

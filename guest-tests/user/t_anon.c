@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * amdvi-tests, PTE changes of anonymous memory under a stream: move_pages
- * migration, MADV_DONTNEED, munmap, mprotect, mremap, THP collapse and split.
+ * migration, MADV_DONTNEED, munmap, mprotect, mremap (move, MREMAP_DONTUNMAP,
+ * growing in place and by moving), THP collapse and split, and mlock/munlock/
+ * MADV_COLD (which must change nothing the device sees).
  */
 #define _GNU_SOURCE
 #include <ctype.h>
@@ -380,4 +382,158 @@ void t_thp_split(struct ctx *c)
 		  "writable half after split");
 	audit(c, c->pasid, buf, half + half / 2, "stream stop");
 	munmap(base, maplen);
+}
+
+/* ---- more mremap, mlock and MADV_COLD ---- */
+
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP	4
+#endif
+#ifndef MADV_COLD
+#define MADV_COLD		20
+#endif
+
+/*
+ * MREMAP_DONTUNMAP moves the pages and leaves the old range mapped but
+ * empty (move_page_tables: range start/end, flush_tlb_range): the device
+ * must read zeroes at the old address and the moved data at the new one.
+ */
+void t_mremap_dontunmap(struct ctx *c)
+{
+	const unsigned int n = 16;
+	size_t len = n * PAGE_SZ;
+	uint8_t *a = map_anon(len), *want = malloc(len), *b;
+	uint64_t got = ~0ULL;
+	uint32_t sid;
+	int ret;
+
+	REQUIRE(c, a && want, "expected memory, saw allocation failure");
+	fill_words(a, len, 61);
+	memcpy(want, a, len);
+	hold_translations(c, a, len);
+	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
+		.va = a, .len = len, .rd = 1, .tr = 1, .rate = c->rate });
+	msleep(10);
+	b = mremap(a, len, len, MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
+	if (b == MAP_FAILED) {
+		stream_end(c, sid, NULL);
+		skip(c, "MREMAP_DONTUNMAP: %s", strerror(errno));
+		goto out;
+	}
+	epoch_bump(c);
+	audit(c, c->pasid, a, len, "MREMAP_DONTUNMAP (old range)");
+	audit(c, c->pasid, b, len, "MREMAP_DONTUNMAP (new range)");
+	stream_end(c, sid, NULL);
+	device_reads(c, b, want, len, "new range after MREMAP_DONTUNMAP");
+	ret = dacc(c, 0, AMDVI_OP_READ, a + 3 * PAGE_SZ + 8, &got, 8, NULL);
+	CHECK(c, ret == ST_OK && got == 0,
+	      "device read of the emptied old range: expected OK and 0, saw %s %#llx",
+	      st_str(ret), (unsigned long long)got);
+	roundtrip(c, (uint64_t *)(b + 2 * PAGE_SZ + 32), 0x646f6e74ULL,
+		  "after MREMAP_DONTUNMAP");
+	munmap(b, len);
+out:
+	munmap(a, len);
+	free(want);
+}
+
+/*
+ * Grow a streamed mapping in place (no PTE moves), then grow it where it
+ * cannot stay so that mremap moves it (move_page_tables).
+ */
+void t_mremap_grow(struct ctx *c)
+{
+	const unsigned int n = 16;
+	size_t len = n * PAGE_SZ;
+	uint8_t *r, *a, *b, *want = malloc(2 * len);
+	uint64_t got;
+	uint32_t sid;
+	int ret;
+
+	r = mmap(NULL, 4 * len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	REQUIRE(c, r != MAP_FAILED && want, "expected address space");
+	munmap(r + len, 3 * len);
+	a = mmap(r, len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	REQUIRE(c, a == r, "expected a mapping at %p", (void *)r);
+	fill_words(a, len, 62);
+	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
+		.va = a, .len = len, .rd = 1, .tr = 1, .rate = c->rate });
+	msleep(10);
+	b = mremap(a, len, 2 * len, 0);
+	REQUIRE(c, b == a, "mremap growing in place: expected %p, saw %p (%s)",
+		(void *)a, (void *)b, strerror(errno));
+	epoch_bump(c);
+	audit(c, c->pasid, a, 2 * len, "mremap grown in place");
+	fill_words(a + len, len, 63);
+	memcpy(want, a, 2 * len);
+	device_reads(c, a, want, 2 * len, "after growing in place");
+
+	/* a guard right behind: growing again must move */
+	REQUIRE(c, mmap(a + 2 * len, PAGE_SZ, PROT_NONE,
+			MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) ==
+		   a + 2 * len, "expected a guard mapping");
+	b = mremap(a, 2 * len, 3 * len, MREMAP_MAYMOVE);
+	REQUIRE(c, b != MAP_FAILED && b != a,
+		"mremap growing past a guard: expected a move, saw %p (%s)",
+		(void *)b, strerror(errno));
+	epoch_bump(c);
+	audit(c, c->pasid, a, 2 * len, "mremap grown by moving (old range)");
+	audit(c, c->pasid, b, 3 * len, "mremap grown by moving (new range)");
+	stream_end(c, sid, NULL);
+	ret = dacc(c, 0, AMDVI_OP_READ, a + 8, &got, 8, NULL);
+	CHECK(c, ret == ST_TRANSLATION_FAULT,
+	      "device read at the old address: expected TRANSLATION_FAULT, saw %s",
+	      st_str(ret));
+	device_reads(c, b, want, 2 * len, "after growing by moving");
+	roundtrip(c, (uint64_t *)(b + 2 * len + 64), 0x67726f77ULL,
+		  "grown tail after the move");
+	munmap(b, 3 * len);
+	munmap(a + 2 * len, PAGE_SZ);
+	free(want);
+}
+
+/*
+ * mlock, munlock and MADV_COLD change no PTE a device depends on: under a
+ * write stream they must leave no stale entry, no finding and every write.
+ */
+void t_mlock_cold(struct ctx *c)
+{
+	const unsigned int n = 32;
+	size_t len = n * PAGE_SZ;
+	struct amdvi_ioc_stream_counts k;
+	uint8_t *buf = map_anon(len);
+	uint32_t sid;
+
+	REQUIRE(c, buf, "expected memory, saw allocation failure");
+	fill_words(buf, len, 64);
+	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
+		.va = buf, .len = len, .stride = PAGE_SZ, .rd = 1, .wr = 1,
+		.rate = c->rate, .write_value = WV_BASE });
+	msleep(10);
+	EXPECT_EQ(c, mlock(buf, len), 0);
+	epoch_bump(c);
+	audit(c, c->pasid, buf, len, "mlock");
+	EXPECT_EQ(c, munlock(buf, len), 0);
+	epoch_bump(c);
+	audit(c, c->pasid, buf, len, "munlock");
+	EXPECT_EQ(c, madvise(buf, len, MADV_COLD), 0);
+	epoch_bump(c);
+	audit(c, c->pasid, buf, len, "MADV_COLD");
+	msleep(20);
+	stream_end(c, sid, &k);
+	check_write_stream(c, buf, n, PAGE_SZ, WV_BASE, &k,
+			   "writes across mlock, munlock, MADV_COLD");
+	for (unsigned int i = 0; i < n; i++)
+		for (size_t w = 8; w < PAGE_SZ; w += 8)
+			if (*(uint64_t *)(buf + i * PAGE_SZ + w) !=
+			    word_at(64, i * PAGE_SZ + w)) {
+				fail(c, "page %u word +%#zx: expected the fill pattern, saw %#llx",
+				     i, w, (unsigned long long)*(uint64_t *)(buf + i * PAGE_SZ + w));
+				break;
+			}
+	EXPECT_EQ(c, c->stale, 0);
+	roundtrip(c, (uint64_t *)(buf + 9 * PAGE_SZ + 40), 0x636f6c64ULL,
+		  "after MADV_COLD");
+	munmap(buf, len);
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * amdvi-tests, page sharing: COW after fork (the 2017 ordering bug and its
- * negative control) and KSM merging under a device stream.
+ * negative control), KSM merging, and COW and munmap of a hugetlb page under
+ * a device stream.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -242,4 +243,72 @@ restore:
 	write_sysfs(KSM "sleep_millisecs", v);
 	snprintf(v, sizeof(v), "%llu", (unsigned long long)run0);
 	write_sysfs(KSM "run", v);
+}
+
+/* ---- hugetlb ---- */
+
+#define NR_HUGE "/proc/sys/vm/nr_hugepages"
+
+/*
+ * A private 2 MiB hugetlb mapping streamed by the device: fork shares and
+ * write-protects it (copy_hugetlb_page_range), CPU writes break the COW
+ * (hugetlb_wp: range start/end around huge_ptep_clear_flush), munmap zaps
+ * it (__unmap_hugepage_range with the mmu_gather flush).
+ */
+void t_hugetlb(struct ctx *c)
+{
+	uint8_t *buf, *want = malloc(HPAGE_SZ);
+	struct sleeper s = { 0 };
+	uint64_t nr0 = 0, nr = 0, got;
+	uint32_t sid;
+	char v[32];
+	int ret;
+
+	REQUIRE(c, want, "expected memory, saw allocation failure");
+	SKIP_IF(c, read_sysfs_u64(NR_HUGE, &nr0),
+		"no %s (CONFIG_HUGETLBFS off)", NR_HUGE);
+	write_sysfs(NR_HUGE, "4");
+	read_sysfs_u64(NR_HUGE, &nr);
+	buf = nr >= 2 ? mmap(NULL, HPAGE_SZ, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0) :
+			MAP_FAILED;
+	if (buf == MAP_FAILED) {
+		skip(c, "no 2 MiB hugetlb mapping (%llu huge pages reserved): %s",
+		     (unsigned long long)nr, strerror(errno));
+		goto restore;
+	}
+	fill_words(buf, HPAGE_SZ, 50);
+	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
+		.va = buf, .len = HPAGE_SZ, .stride = PAGE_SZ, .rd = 4, .tr = 1,
+		.rate = c->rate });
+	msleep(20);
+	if (!sleeper_fork(c, &s, buf, HPAGE_SZ, 50))
+		goto unmap;
+	epoch_bump(c);
+	audit(c, c->pasid, buf, HPAGE_SZ, "fork of a hugetlb mapping");
+	fill_words(buf, HPAGE_SZ, 51);		/* COW of the huge page */
+	epoch_bump(c);
+	audit(c, c->pasid, buf, HPAGE_SZ, "hugetlb COW");
+	fill_words(want, HPAGE_SZ, 51);
+	device_reads(c, buf, want, HPAGE_SZ, "hugetlb page after COW");
+	sleeper_finish(c, &s);
+	roundtrip(c, (uint64_t *)(buf + 300 * PAGE_SZ + 8), 0x68756765ULL,
+		  "hugetlb after COW");
+	REQUIRE(c, !munmap(buf, HPAGE_SZ), "munmap of the hugetlb page: %s",
+		strerror(errno));
+	epoch_bump(c);
+	audit(c, c->pasid, buf, HPAGE_SZ, "munmap of a hugetlb page");
+	ret = dacc(c, 0, AMDVI_OP_READ, buf + 8, &got, 8, NULL);
+	CHECK(c, ret == ST_TRANSLATION_FAULT,
+	      "device read of the unmapped hugetlb page: expected TRANSLATION_FAULT, saw %s",
+	      st_str(ret));
+	stream_end(c, sid, NULL);
+	goto restore;
+unmap:
+	stream_end(c, sid, NULL);
+	munmap(buf, HPAGE_SZ);
+restore:
+	snprintf(v, sizeof(v), "%llu", (unsigned long long)nr0);
+	write_sysfs(NR_HUGE, v);
+	free(want);
 }
