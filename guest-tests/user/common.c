@@ -211,30 +211,42 @@ void hold_translations(struct ctx *c, const void *buf, size_t len)
 	}
 }
 
-/* Device read of [va, va + len) compared with @want; false on a difference. */
+/*
+ * Device read of [va, va + len), in accesses of at most AMDVI_ACCESS_MAX,
+ * compared with @want; false (with a failure) on an error or a difference.
+ */
 bool device_reads(struct ctx *c, const void *va, const void *want, size_t len,
 		  const char *what)
 {
-	uint8_t *tmp = malloc(len);
-	size_t off;
-	int ret;
+	uint8_t *tmp = malloc(AMDVI_ACCESS_MAX);
+	const uint8_t *w = want, *p = va;
+	size_t at, n, off;
+	int ret = ST_OK;
 
 	if (!tmp) {
 		fail(c, "%s: expected memory, saw allocation failure", what);
 		return false;
 	}
-	ret = dacc(c, 0, AMDVI_OP_READ, va, tmp, len, NULL);
-	for (off = 0; ret == ST_OK && off < len; off += 8)
-		if (memcmp(tmp + off, (const uint8_t *)want + off, 8))
+	for (at = 0; at < len; at += n) {
+		n = len - at < AMDVI_ACCESS_MAX ? len - at : AMDVI_ACCESS_MAX;
+		ret = dacc(c, 0, AMDVI_OP_READ, p + at, tmp, n, NULL);
+		if (ret != ST_OK) {
+			fail(c, "%s: device READ of %p+%#zx: expected OK, saw %s",
+			     what, (const void *)(p + at), n, st_str(ret));
 			break;
-	if (ret != ST_OK)
-		fail(c, "%s: device READ of %p+%#zx: expected OK, saw %s", what,
-		     va, len, st_str(ret));
-	else if (off < len)
-		fail(c, "%s: device READ at +%#zx: expected %#llx, saw %#llx",
-		     what, off,
-		     (unsigned long long)*(const uint64_t *)((const uint8_t *)want + off),
-		     (unsigned long long)*(uint64_t *)(tmp + off));
+		}
+		for (off = 0; off < n; off += 8)
+			if (memcmp(tmp + off, w + at + off, 8))
+				break;
+		if (off < n) {
+			fail(c, "%s: device READ at +%#zx: expected %#llx, saw %#llx",
+			     what, at + off,
+			     (unsigned long long)*(const uint64_t *)(w + at + off),
+			     (unsigned long long)*(uint64_t *)(tmp + off));
+			ret = -1;
+			break;
+		}
+	}
 	free(tmp);
-	return ret == ST_OK && off >= len;
+	return ret == ST_OK;
 }

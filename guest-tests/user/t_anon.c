@@ -508,7 +508,7 @@ void t_mlock_cold(struct ctx *c)
 	REQUIRE(c, buf, "expected memory, saw allocation failure");
 	fill_words(buf, len, 64);
 	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
-		.va = buf, .len = len, .stride = PAGE_SZ, .rd = 1, .wr = 1,
+		.va = buf, .len = len, .stride = PAGE_SZ, .wr = 1,
 		.rate = c->rate, .write_value = WV_BASE });
 	msleep(10);
 	EXPECT_EQ(c, mlock(buf, len), 0);

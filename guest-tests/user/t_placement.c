@@ -115,13 +115,19 @@ void t_numa_balancing(struct ctx *c)
 		.rate = c->rate, .write_value = WV_BASE });
 	pin_to_cpu(1);
 	t0 = now_ms();
+	/*
+	 * Stay on the CPU: task_tick_numa() queues the scan only from a tick
+	 * that finds this task running.
+	 */
 	while (now_ms() - t0 < 20000) {
-		for (unsigned int i = 0; i < n; i++)
-			*(volatile uint64_t *)(buf + i * PAGE_SZ + 8) += 1;
+		uint64_t t1 = now_ms();
+
+		while (now_ms() - t1 < 100)
+			for (unsigned int i = 0; i < n; i++)
+				*(volatile uint64_t *)(buf + i * PAGE_SZ + 8) += 1;
 		on1 = pages_on(buf, n, 1);
 		if (on1 >= n / 2 && vmstat("numa_pte_updates") > upd0)
 			break;
-		msleep(20);
 	}
 	epoch_bump(c);
 	audit(c, c->pasid, buf, len, "NUMA balancing");

@@ -143,9 +143,13 @@ void t_madv_free(struct ctx *c)
 	fill_words(buf, len, 21);
 	memcpy(want, buf, len);
 	hold_translations(c, buf, len);
+	/*
+	 * Read-only requests: a translation asking for write would set D in a
+	 * writable PTE (as hardware does) and keep the page from discard.
+	 */
 	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
 		.va = buf + nw * PAGE_SZ, .len = len - nw * PAGE_SZ, .rd = 1,
-		.tr = 1, .rate = c->rate });
+		.tr = 1, .flags = AMDVI_ACC_NO_WRITE, .rate = c->rate });
 	msleep(10);
 	if (madvise(buf, len, MADV_FREE)) {
 		stream_end(c, sid, NULL);
