@@ -4,8 +4,8 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test test-rust lint fmt bench clean sim deps run test-vm test-negative vm-bins \
-	script-bin test-scripts-vm
+.PHONY: all build test test-rust lint fmt bench clean sim deps kernels kernels-clear run test-vm \
+	test-negative vm-bins script-bin test-scripts-vm
 
 all: build
 
@@ -39,25 +39,38 @@ clean:
 	$(CARGO) clean
 
 # ---- guest VM runs (guest-tests/runner, binary amdvi-run) ----------------
-# make deps                       install/check QEMU >= 10, busybox, kernels
+# make deps                       install/check QEMU >= 10, busybox, cpio, gcc
+# make kernels                    guest kernels into the per-user kernel cache
 # make run ARGS="--kver 6.1 --filter 'cow*' -v"    one guest run
 # make test-vm                    6.12 with 5- and 4-level paging, 6.1
+# KVER="6.12.117+deb12-cloud-amd64 6.1.0-41-cloud-amd64" pins guest kernels.
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 AMDVI_RUN := $(TARGET_DIR)/release/amdvi-run --daemon $(TARGET_DIR)/release/vhost-device-amdvi
 # kernel series:paging levels
 TEST_VM_CONFIGS ?= 6.12:5 6.12:4 6.1:5
 ARGS ?=
+KVER ?=
+export KVER
+KERNEL_SERIES ?= 6.12 6.1
 
 deps:
 	scripts/deps.sh
 
+# Debian's cloud kernels, unpacked under ~/.cache/amdvi-bench (no root, and
+# nothing under /boot or /lib/modules). amdvi-run also fetches on demand.
+kernels:
+	scripts/kernel-cache.sh fetch $(KERNEL_SERIES)
+
+kernels-clear:
+	scripts/kernel-cache.sh clear
+
 vm-bins:
 	$(CARGO) build --release --bin vhost-device-amdvi --bin amdvi-run
 
-run: deps vm-bins
+run: deps kernels vm-bins
 	$(AMDVI_RUN) $(ARGS)
 
-test-vm: deps vm-bins
+test-vm: deps kernels vm-bins
 	@fail=0; for c in $(TEST_VM_CONFIGS); do \
 		k=$${c%%:*}; p=$${c##*:}; \
 		echo "== test-vm: kernel $$k, $$p-level paging"; \
@@ -70,7 +83,7 @@ test-vm: deps vm-bins
 #    with R1 (stale page) findings.
 # 2. configs/broken-atc.toml (the device ignores ATC invalidations): the COW
 #    scenarios must fail with R1 or stale findings.
-test-negative: deps vm-bins
+test-negative: deps kernels vm-bins
 	$(AMDVI_RUN) --kver 6.12 --filter cow_notifier_order --modparams notifier_mode=end_only \
 		--expect-caught r1 --json build/negative-end-only.json
 	$(AMDVI_RUN) --kver 6.12 --filter 'cow_*' --config configs/broken-atc.toml \
@@ -89,7 +102,7 @@ script-bin:
 	RUSTFLAGS="-C target-feature=+crt-static -C strip=debuginfo" \
 		$(CARGO) build --release --target $(SCRIPT_TARGET) -p amdvi-script
 
-test-scripts-vm: deps vm-bins script-bin
+test-scripts-vm: deps kernels vm-bins script-bin
 	$(AMDVI_RUN) --kver 6.12 --script-bin $(SCRIPT_BIN) --scripts $(SIM_SCRIPTS) \
 		--json build/results-scripts.json
 	$(AMDVI_RUN) --kver 6.12 --script-bin $(SCRIPT_BIN) --scripts sim/scripts/cow-correct.amdvi \

@@ -29,7 +29,7 @@
 #define AMDVI_CFG_OFF_VERSION		4
 
 #define AMDVI_VIRTIO_ID_GPIO		41	/* vhost-user-gpio-pci carrier */
-#define AMDVI_VIRTIO_ID_OWN		63	/* vhost-user-test-device-pci */
+#define AMDVI_VIRTIO_ID_OWN		21	/* vhost-user-test-device-pci (see docs/protocol.md) */
 
 #define AMDVI_VQ_REQUEST		0
 #define AMDVI_VQ_EVENT			1

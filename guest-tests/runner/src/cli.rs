@@ -24,7 +24,7 @@ pub enum CarrierChoice {
     Auto,
     /// vhost-user-gpio-pci (virtio id 41).
     Gpio,
-    /// vhost-user-test-device-pci,virtio-id=63 (QEMU >= 10.2).
+    /// vhost-user-test-device-pci,virtio-id=21 (QEMU >= 10.2).
     TestDevice,
 }
 

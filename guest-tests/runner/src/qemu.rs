@@ -2,7 +2,7 @@
 //! The QEMU and guest-kernel command lines, as pure functions of the settings.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// CPU accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -44,8 +44,44 @@ impl Paging {
 pub enum Carrier {
     /// `vhost-user-gpio-pci` (virtio id 41), the only choice on QEMU 10.0/10.1.
     Gpio,
-    /// `vhost-user-test-device-pci` with virtio id 63 (QEMU >= 10.2).
+    /// `vhost-user-test-device-pci` with virtio id 21 (QEMU >= 10.2).
     TestDevice,
+}
+
+/// The virtio device id the generic carrier presents.
+///
+/// QEMU's `vhost-user-test-device-pci` takes any id, but `virtio_init()`
+/// looks its name up in `virtio_device_names[]` and asserts that the id is
+/// inside that table (which ends at 41, GPIO, in QEMU 10.x and 11.x) and
+/// named; 63 killed QEMU at once. The id must also be one no guest driver
+/// binds, or that driver would take our device. 21 (VIRTIO_ID_SIGNAL_DIST,
+/// "virtio-signal") is named in every QEMU table and has no Linux driver,
+/// upstream or in the Debian 6.1 and 6.12 kernels (their modules.alias and
+/// modules.builtin.modinfo claim 1-5, 8, 18, 19, 23, 24, 26, 27 and 33).
+/// [`check_unclaimed`] refuses a guest kernel that does claim it.
+pub const GENERIC_VIRTIO_ID: u32 = 21;
+
+/// Fails when a module of the guest kernel (`lib/modules/<release>`) binds
+/// virtio device id `id`: that driver, not the test module, would get it.
+pub fn check_unclaimed(modules: &Path, id: u32) -> Result<(), String> {
+    let needle = format!("virtio:d{id:08X}v");
+    for f in ["modules.alias", "modules.builtin.modinfo"] {
+        let Ok(data) = std::fs::read(modules.join(f)) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&data);
+        if let Some(line) = text.split(['\n', '\0']).find(|l| {
+            l.to_ascii_uppercase()
+                .contains(&needle.to_ascii_uppercase())
+        }) {
+            return Err(format!(
+                "the guest kernel has a driver for virtio id {id} ({}: {line}); \
+                 it would take the amdvi device: use --carrier gpio",
+                modules.join(f).display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Carrier {
@@ -64,7 +100,7 @@ impl Carrier {
         match self {
             Carrier::Gpio => "vhost-user-gpio-pci",
             Carrier::TestDevice => {
-                "vhost-user-test-device-pci,virtio-id=63,num_vqs=2,config_size=8"
+                "vhost-user-test-device-pci,virtio-id=21,num_vqs=2,config_size=8"
             }
         }
     }
@@ -285,6 +321,44 @@ pub fn shell_line<S: AsRef<str>>(words: &[S]) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn generic_carrier_presents_an_id_qemu_names() {
+        // QEMU 10.x/11.x name ids 1..=41 (with gaps below 21): beyond the
+        // table, virtio_id_to_name() asserts.
+        const VIRTIO_ID_GPIO: u32 = 41;
+        const { assert!(GENERIC_VIRTIO_ID <= VIRTIO_ID_GPIO) };
+        assert!(Carrier::TestDevice
+            .device()
+            .contains(&format!("virtio-id={GENERIC_VIRTIO_ID},")));
+    }
+
+    #[test]
+    fn a_kernel_claiming_the_generic_id_is_refused() {
+        let dir = std::env::temp_dir().join(format!("amdvi-alias-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("modules.alias"),
+            "alias virtio:d00000001v* virtio_net\nalias virtio:d00000029v* gpio_virtio\n",
+        )
+        .unwrap();
+        assert_eq!(check_unclaimed(&dir, 21), Ok(()));
+        let e = check_unclaimed(&dir, 41).unwrap_err();
+        assert!(
+            e.contains("gpio_virtio") && e.contains("--carrier gpio"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.join("modules.builtin.modinfo"),
+            b"x.alias=virtio:d00000015v*\0",
+        )
+        .unwrap();
+        assert!(
+            check_unclaimed(&dir, 21).is_err(),
+            "built-in drivers count too"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     fn cfg() -> QemuConfig {
         QemuConfig {
             qemu: "qemu-system-x86_64".into(),
@@ -356,7 +430,7 @@ mod tests {
         assert!(values(&a, "-numa").is_empty());
         assert_eq!(
             values(&a, "-device"),
-            ["vhost-user-test-device-pci,virtio-id=63,num_vqs=2,config_size=8,chardev=c0,id=amdvi0"]
+            ["vhost-user-test-device-pci,virtio-id=21,num_vqs=2,config_size=8,chardev=c0,id=amdvi0"]
         );
     }
 
