@@ -30,7 +30,7 @@ SIM_SCRIPTS ?= $(sort $(wildcard sim/scripts/*.amdvi))
 sim:
 	$(CARGO) run --release -q -p amdvi-sim -- $(SIM_SCRIPTS)
 
-test: lint test-rust sim test-vm test-negative test-scripts-vm
+test: lint test-rust sim test-vm test-negative test-scripts-vm mutants
 
 bench:
 	$(CARGO) bench -p iommu-dev
@@ -108,3 +108,5 @@ test-scripts-vm: deps kernels vm-bins script-bin
 	$(AMDVI_RUN) --kver 6.12 --script-bin $(SCRIPT_BIN) --scripts sim/scripts/cow-correct.amdvi \
 		--config configs/broken-atc.toml --sim-fault atc_invalidate:drop \
 		--expect-caught r1 --json build/negative-scripts-broken-atc.json
+
+include guest-tests/mutants/mutants.mk

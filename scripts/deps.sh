@@ -9,11 +9,26 @@
 # Debian 13: QEMU from trixie-backports (11.x, generic test-device carrier).
 # As root, or through sudo; otherwise it prints the commands to run.
 # Elsewhere it lists what to install and exits 1.
+#
+#   scripts/deps.sh                 the VM test path (make run, make test-vm)
+#   scripts/deps.sh --kernel-build  also what make kernel and make mutants
+#                                   need: kbuild's tools, libelf for objtool,
+#                                   ccache, xz for the source tarball, python3
+#                                   for the mutant matrix
 set -euo pipefail
+
+KERNEL_BUILD=0
+case "${1:-}" in
+"") ;;
+--kernel-build) KERNEL_BUILD=1 ;;
+*) printf 'deps: error: unknown argument %s (expected --kernel-build or nothing)\n' "$1" >&2; exit 2 ;;
+esac
 
 QEMU_MIN_MAJOR=10
 QEMU_MIN_MINOR=0
 BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring)
+KERNEL_PKGS=(flex bison bc libelf-dev ccache xz-utils python3)
+((KERNEL_BUILD)) && BASE_PKGS+=("${KERNEL_PKGS[@]}")
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 
 log() { printf 'deps: %s\n' "$*"; }
@@ -57,6 +72,12 @@ qemu_ok || missing+=("qemu-system-x86 (>= ${QEMU_MIN_MAJOR}.${QEMU_MIN_MINOR})")
 command -v cpio >/dev/null || missing+=(cpio)
 command -v depmod >/dev/null || [[ -x /usr/sbin/depmod || -x /sbin/depmod ]] || missing+=(kmod)
 command -v gcc >/dev/null && command -v make >/dev/null || missing+=(build-essential)
+if ((KERNEL_BUILD)); then
+	for c in flex bison bc ccache xz python3; do
+		command -v "$c" >/dev/null || missing+=("$c")
+	done
+	[[ -e /usr/include/gelf.h ]] || missing+=(libelf-dev)
+fi
 if [[ "$codename" != other ]]; then
 	for p in "${BASE_PKGS[@]}"; do
 		pkg_installed "$p" || missing+=("$p")
@@ -78,6 +99,8 @@ deps: this script installs packages on Debian 12 and 13 only. Install by hand:
   - a static busybox at /bin/busybox, cpio, gcc, make, static libc, kmod (depmod)
   - for the guest kernels: apt-get, dpkg-deb and Debian's archive keyring
     (scripts/kernel-cache.sh), or pass your own --kernel/--headers to amdvi-run
+  - for make kernel and make mutants: flex, bison, bc, libelf (headers),
+    ccache, xz and python3
 EOF
 	exit 1
 fi

@@ -9,7 +9,7 @@
 #                                              (default: 6.12 6.1)
 #   kernel-cache.sh list                       the cached releases
 #   kernel-cache.sh dir                        print the cache directory
-#   kernel-cache.sh clear                      remove the cache
+#   kernel-cache.sh clear                      remove the fetched kernels and apt state
 #   kernel-cache.sh apt-get ARGS...            apt-get with the private config
 #   kernel-cache.sh apt-cache ARGS...          apt-cache with the private config
 #
@@ -281,8 +281,10 @@ list)
 	;;
 dir) printf '%s\n' "$CACHE" ;;
 clear)
-	rm -rf "$CACHE"
-	log "removed $CACHE"
+	# The fetched kernels and the private apt state only: a source tree and
+	# its ccache'd build (src/, build/, from make kernel) cost minutes.
+	rm -rf "$CACHE/kernels" "$CACHE/apt"
+	log "removed $CACHE/kernels and $CACHE/apt (make kernel's src/ and build/ are kept; rm -rf $CACHE removes all)"
 	;;
 apt-get)
 	apt_setup

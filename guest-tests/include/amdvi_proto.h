@@ -8,8 +8,7 @@
  *
  * The AMD data structures carried inside the requests (DTE, GCR3 entries,
  * commands, event and PPR log entries) are described in
- * shared/reference/amd-iommu-v2.md; their bit layouts are in amdvi_iommu.h
- * of the module.
+ * docs/amd-iommu.md; their bit layouts are in amdvi.h of the module.
  */
 #ifndef AMDVI_PROTO_H
 #define AMDVI_PROTO_H
@@ -148,7 +147,7 @@ struct amdvi_endpoint_resp {
 	/* READ: followed by len bytes of data */
 };
 
-/* ATS translation completion entry (reference §8.2) */
+/* ATS translation completion entry (docs/amd-iommu.md §8.2) */
 #define AMDVI_ATS_R			(1ULL << 0)
 #define AMDVI_ATS_W			(1ULL << 1)
 #define AMDVI_ATS_U			(1ULL << 2)

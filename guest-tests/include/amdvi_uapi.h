@@ -215,7 +215,9 @@ enum amdvi_mod_counter {
 	AMDVI_MC_STREAMS_ACTIVE,	/* gauge */
 	AMDVI_MC_REQ_TIMEOUTS,		/* requests abandoned by a waiter */
 	AMDVI_MC_EVENT_TYPE0,		/* + event code (0..15): events by type */
-	AMDVI_MC_NR = AMDVI_MC_EVENT_TYPE0 + 16,
+	AMDVI_MC_FREED_CHECKS = AMDVI_MC_EVENT_TYPE0 + 16,	/* audits at a secondary flush */
+	AMDVI_MC_FREED_CACHED,		/* cached frames found freed there */
+	AMDVI_MC_NR,
 };
 
 struct amdvi_ioc_stats {

@@ -34,7 +34,7 @@ struct virtio_device;
 struct virtqueue;
 struct mm_struct;
 
-/* ---- AMD IOMMU bit layouts (shared/reference/amd-iommu-v2.md) ---- */
+/* ---- AMD IOMMU bit layouts (docs/amd-iommu.md) ---- */
 
 /* §7.3 Extended Feature Register */
 #define EFR_PPR_SUP		BIT_ULL(1)
@@ -248,6 +248,8 @@ int amdvi_req_submit(struct amdvi_dev *ad, struct amdvi_req *req, gfp_t gfp);
 int amdvi_req_wait(struct amdvi_req *req, unsigned long timeout,
 		   bool killable);
 int amdvi_req_status(struct amdvi_req *req, size_t min_rlen);
+int amdvi_req_poll(struct amdvi_dev *ad, struct amdvi_req *req,
+		   unsigned long loops);
 int amdvi_request(struct amdvi_dev *ad, struct amdvi_req *req, bool killable);
 void amdvi_dev_put(struct amdvi_dev *ad);
 void amdvi_dev_get(struct amdvi_dev *ad);
@@ -285,6 +287,10 @@ struct amdvi_pt;
 void amdvi_pt_destroy(struct amdvi_pt *pt);
 long amdvi_pt_ioctl(struct amdvi_dev *ad, struct amdvi_pt **ptp,
 		    unsigned int cmd, void __user *arg);
+
+/* amdvi_freed.c */
+void amdvi_freed_scan(struct amdvi_dev *ad, u32 pasid, unsigned long start,
+		      unsigned long end);
 
 /* amdvi_chrdev.c */
 int amdvi_chrdev_register(struct amdvi_dev *ad);

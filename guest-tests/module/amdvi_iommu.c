@@ -3,7 +3,7 @@
  * amdvi_test: the IOMMU driver side, shaped like drivers/iommu/amd/: device
  * table, GCR3 tables, the AMD command format, COMPLETION_WAIT polling, the
  * event log decoder and the PPR log front end.  Bit layouts follow
- * shared/reference/amd-iommu-v2.md (§ numbers below point there).
+ * docs/amd-iommu.md (§ numbers below point there).
  */
 #include <linux/bitops.h>
 #include <linux/delay.h>

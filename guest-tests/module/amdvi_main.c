@@ -212,6 +212,27 @@ int amdvi_request(struct amdvi_dev *ad, struct amdvi_req *req, bool killable)
 	return amdvi_req_status(req, 0);
 }
 
+static void amdvi_reqq_done(struct virtqueue *vq);
+
+/*
+ * Wait for @req without sleeping, for callers that may hold spinlocks: poll
+ * the request queue as its interrupt handler would, at most @loops times.
+ */
+int amdvi_req_poll(struct amdvi_dev *ad, struct amdvi_req *req,
+		   unsigned long loops)
+{
+	while (!completion_done(&req->done)) {
+		if (!loops--) {
+			req->log_status = true;
+			amdvi_count(ad, AMDVI_MC_REQ_TIMEOUTS);
+			return -ETIMEDOUT;
+		}
+		amdvi_reqq_done(ad->reqq);
+		udelay(1);
+	}
+	return 0;
+}
+
 static void amdvi_reqq_done(struct virtqueue *vq)
 {
 	struct amdvi_dev *ad = vq->vdev->priv;

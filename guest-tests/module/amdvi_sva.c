@@ -119,6 +119,8 @@ static void amdvi_secondary(struct amdvi_bond *bond, unsigned long start,
 			    unsigned long end)
 {
 	amdvi_count(bond->ad, AMDVI_MC_NOTIF_SECONDARY);
+	if (!test_bit(AMDVI_BOND_RELEASED, &bond->flags))
+		amdvi_freed_scan(bond->ad, bond->pasid, start, end);
 	if (amdvi_notifier_mask & AMDVI_NOTIFIER_SECONDARY)
 		amdvi_bond_flush(bond, start, end);
 }

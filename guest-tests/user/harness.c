@@ -173,6 +173,35 @@ static void collect_findings(struct ctx *c, uint64_t r[4])
 		     (unsigned long long)o.count[AMDVI_CNT_DROPPED]);
 }
 
+/* The module's freed-frame counter, or 0 when it has none. */
+static uint64_t freed_cached(struct ctx *c)
+{
+	struct amdvi_ioc_stats st;
+
+	if (c->fd < 0 || dev_stats(c->fd, &st) ||
+	    st.nmod <= AMDVI_MC_FREED_CACHED)
+		return 0;
+	return st.mod[AMDVI_MC_FREED_CACHED];
+}
+
+/*
+ * The scenario function, then the findings it left.  Besides the oracle's
+ * per-access rules, the module's freed-frame check (amdvi_freed.c) counts
+ * cached translations whose frame the kernel freed before its secondary-TLB
+ * flush: always a kernel bug, whatever the scenario.
+ */
+static void run_fn(struct ctx *c, uint64_t r[4])
+{
+	uint64_t freed0 = freed_cached(c);
+
+	c->sc->fn(c);
+	collect_findings(c, r);
+	c->freed += freed_cached(c) - freed0;
+	if (c->freed)
+		fail(c, "freed-frame check: expected no cached translation to a freed frame at a secondary-TLB flush, saw %llu (console has the frames)",
+		     (unsigned long long)c->freed);
+}
+
 static const char *result_of(struct ctx *c)
 {
 	return c->failed ? "fail" : c->skipped ? "skip" : "pass";
@@ -181,11 +210,12 @@ static const char *result_of(struct ctx *c)
 static void print_result(struct ctx *c, const char *indent, unsigned int n,
 			 const char *name, uint64_t ms)
 {
-	printf("%s# amdvi-result: name=%s result=%s accesses=%llu r1=%llu r2=%llu r3=%llu r4=%llu stale=%llu ms=%llu\n",
+	printf("%s# amdvi-result: name=%s result=%s accesses=%llu r1=%llu r2=%llu r3=%llu r4=%llu stale=%llu freed=%llu ms=%llu\n",
 	       indent, name, result_of(c), (unsigned long long)c->accesses,
 	       (unsigned long long)c->r[0], (unsigned long long)c->r[1],
 	       (unsigned long long)c->r[2], (unsigned long long)c->r[3],
-	       (unsigned long long)c->stale, (unsigned long long)ms);
+	       (unsigned long long)c->stale, (unsigned long long)c->freed,
+	       (unsigned long long)ms);
 	if (c->failed)
 		printf("%snot ok %u %s\n", indent, n, name);
 	else if (c->skipped)
@@ -201,8 +231,7 @@ static void run_once(struct ctx *c)
 {
 	uint64_t r[4];
 
-	c->sc->fn(c);
-	collect_findings(c, r);
+	run_fn(c, r);
 	for (int k = 0; k < 4; k++)
 		c->r[k] += r[k];
 }
@@ -217,6 +246,7 @@ static void add_repeat(struct ctx *c, const struct ctx *s)
 	}
 	c->accesses += s->accesses;
 	c->stale += s->stale;
+	c->freed += s->freed;
 	for (int k = 0; k < 4; k++)
 		c->r[k] += s->r[k];
 }
@@ -246,7 +276,7 @@ static void __attribute__((noreturn)) scenario_child(struct ctx *c, int nrep)
 				s.indent = "  ";
 				s.repeat = i;
 				s.failed = false;
-				s.accesses = s.stale = 0;
+				s.accesses = s.stale = s.freed = 0;
 				memset(s.r, 0, sizeof(s.r));
 				run_once(&s);
 				snprintf(name, sizeof(name), "%s.%d", sc->name,
@@ -373,7 +403,7 @@ static void print_stats(void)
 	if (fd < 0)
 		return;
 	if (!dev_stats(fd, &st) && st.nmod >= AMDVI_MC_EVENT_TYPE0) {
-		printf("# module: notifier start=%llu end=%llu secondary=%llu release=%llu; flushes range=%llu pasid=%llu; commands=%llu completion_waits=%llu timeouts=%llu errors=%llu; ppr entries=%llu groups=%llu ok=%llu invalid=%llu; events=%llu; binds=%llu\n",
+		printf("# module: notifier start=%llu end=%llu secondary=%llu release=%llu; flushes range=%llu pasid=%llu; commands=%llu completion_waits=%llu timeouts=%llu errors=%llu; ppr entries=%llu groups=%llu ok=%llu invalid=%llu; events=%llu; binds=%llu; freed-frame checks=%llu found=%llu\n",
 		       (unsigned long long)st.mod[AMDVI_MC_NOTIF_START],
 		       (unsigned long long)st.mod[AMDVI_MC_NOTIF_END],
 		       (unsigned long long)st.mod[AMDVI_MC_NOTIF_SECONDARY],
@@ -389,7 +419,9 @@ static void print_stats(void)
 		       (unsigned long long)st.mod[AMDVI_MC_PPR_SUCCESS],
 		       (unsigned long long)st.mod[AMDVI_MC_PPR_INVALID],
 		       (unsigned long long)st.mod[AMDVI_MC_EVENTS],
-		       (unsigned long long)st.mod[AMDVI_MC_BINDS]);
+		       (unsigned long long)st.mod[AMDVI_MC_BINDS],
+		       (unsigned long long)st.mod[AMDVI_MC_FREED_CHECKS],
+		       (unsigned long long)st.mod[AMDVI_MC_FREED_CACHED]);
 		if (st.ndev > 21)
 			printf("# device: requests=%llu commands=%llu walks=%llu page_requests=%llu prg_responses=%llu iommu_invalidations=%llu atc_invalidations=%llu oracle_findings=%llu illegal_commands=%llu\n",
 			       (unsigned long long)st.dev[0],

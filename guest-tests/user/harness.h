@@ -57,6 +57,7 @@ struct ctx {
 	char skip_reason[160];
 	uint64_t accesses;
 	uint64_t stale;
+	uint64_t freed;			/* freed frames still cached at a flush */
 	uint64_t r[4];
 	uint64_t rate;			/* default stream rate (-R) */
 };

@@ -84,6 +84,7 @@ struct zapper {
 	uint8_t *buf;
 	size_t len;
 	int loops;
+	int err;	/* errno of a failed MADV_DONTNEED, 0 if none */
 };
 
 static void *zapper_fn(void *arg)
@@ -91,7 +92,8 @@ static void *zapper_fn(void *arg)
 	struct zapper *z = arg;
 
 	for (int i = 0; i < z->loops; i++) {
-		madvise(z->buf, z->len, MADV_DONTNEED);
+		if (madvise(z->buf, z->len, MADV_DONTNEED))
+			z->err = errno;
 		z->buf[(i * 7 % (z->len / PAGE_SZ)) * PAGE_SZ] = (uint8_t)i;
 	}
 	return NULL;
@@ -118,6 +120,8 @@ void t_dontneed_race(struct ctx *c)
 			"expected zapper thread %d, saw pthread_create failure", i);
 	for (int i = 0; i < 2; i++)
 		pthread_join(th[i], NULL);
+	CHECK(c, !z.err, "MADV_DONTNEED: expected success, saw %s",
+	      strerror(z.err));
 	epoch_bump(c);
 	/*
 	 * Stop the stream before the audit.  While it runs, its page requests

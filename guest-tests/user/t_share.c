@@ -60,6 +60,8 @@ static void cow_round(struct ctx *c, unsigned int n, uint32_t rate)
 	if (!sleeper_fork(c, &s, buf, len, 5))
 		goto out;
 	epoch_bump(c);
+	/* fork write-protected the parent: no writable entry may survive it */
+	audit(c, c->pasid, buf, len, "fork");
 	msleep(10);		/* let the device re-cache read translations */
 	REQUIRE(c, !pthread_create(&th, NULL, cow_writer_fn, &w),
 		"expected a writer thread, saw pthread_create failure");

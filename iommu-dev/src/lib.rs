@@ -1,7 +1,7 @@
 //! A model of an AMD IOMMUv2-like unit with ATS endpoints, for testing how
 //! the kernel orders mmu_notifier invalidations against a hardware walker.
 //!
-//! It works on the AMD binary formats (`../shared/reference/amd-iommu-v2.md`;
+//! It works on the AMD binary formats (`docs/amd-iommu.md`;
 //! "§n" in comments points there): 256-bit DTEs, GCR3 tables, the x86-64
 //! guest page tables of the CPU (4 and 5 levels), 128-bit commands, event and
 //! PPR log entries, ATS completions. Everything it reads or writes goes

@@ -15,6 +15,8 @@ pub enum FindingRule {
     R3,
     R4,
     Stale,
+    /// A cached frame the kernel freed before flushing the secondary TLB.
+    Freed,
 }
 
 /// Which frontend carries the device.

@@ -48,6 +48,8 @@ pub struct AmdviResult {
     pub r4: Option<u64>,
     /// Stale entries found by audits.
     pub stale: Option<u64>,
+    /// Cached frames the kernel had freed before its secondary-TLB flush.
+    pub freed: Option<u64>,
     pub ms: Option<u64>,
     /// Keys this runner does not know, kept as they are.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -73,6 +75,7 @@ impl AmdviResult {
                 "r3" => r.r3 = num(),
                 "r4" => r.r4 = num(),
                 "stale" => r.stale = num(),
+                "freed" => r.freed = num(),
                 "ms" => r.ms = num(),
                 _ => {
                     r.extra.insert(k.to_string(), v.to_string());

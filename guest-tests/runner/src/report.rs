@@ -125,6 +125,7 @@ pub fn judge_negative(report: &Report, verdict: &Verdict, rules: &[FindingRule])
                 FindingRule::R3 => a.r3,
                 FindingRule::R4 => a.r4,
                 FindingRule::Stale => a.stale,
+                FindingRule::Freed => a.freed,
             })
             .map(|v| v.unwrap_or(0))
             .sum()
@@ -170,7 +171,7 @@ fn time_of(t: &TestResult, host_secs: Option<f64>) -> String {
     }
 }
 
-/// The summary table (scenario | result | device accesses | R1..R4 | stale | time).
+/// The summary table (scenario | result | device accesses | R1..R4 | stale | freed | time).
 pub fn table(results: &[TestResult], host_secs: &[f64]) -> String {
     let header = [
         "scenario",
@@ -181,6 +182,7 @@ pub fn table(results: &[TestResult], host_secs: &[f64]) -> String {
         "R3",
         "R4",
         "stale",
+        "freed",
         "time",
     ];
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -195,6 +197,7 @@ pub fn table(results: &[TestResult], host_secs: &[f64]) -> String {
             num(a.r3),
             num(a.r4),
             num(a.stale),
+            num(a.freed),
             time_of(t, host_secs.get(i).copied()),
         ]);
     }
@@ -246,7 +249,7 @@ mod tests {
     }
 
     const GOOD: &str = "KTAP version 1\n1..2\n\
-# amdvi-result: name=a result=pass accesses=1200 r1=0 r2=0 r3=0 r4=0 stale=0 ms=1500\nok 1 a\n\
+# amdvi-result: name=a result=pass accesses=1200 r1=0 r2=0 r3=0 r4=0 stale=0 freed=0 ms=1500\nok 1 a\n\
 # amdvi-result: name=b result=skip accesses=0 r1=0 r2=0 r3=0 r4=0 stale=0 ms=0\nok 2 b # SKIP no PRI\n";
 
     fn obs() -> Observations {
@@ -263,8 +266,8 @@ mod tests {
         let mut o = obs();
         o.guest_exit = Some(1);
         let caught = GOOD.replace("ok 1 a", "not ok 1 a").replace(
-            "r1=0 r2=0 r3=0 r4=0 stale=0 ms=1500",
-            "r1=3 r2=0 r3=9 r4=0 stale=0 ms=1500",
+            "r1=0 r2=0 r3=0 r4=0 stale=0 freed=0 ms=1500",
+            "r1=3 r2=0 r3=9 r4=0 stale=0 freed=0 ms=1500",
         );
         let r = report(&caught);
         let (code, line) = judge_negative(&r, &judge(&r, &o), &[FindingRule::R1]);
@@ -273,6 +276,12 @@ mod tests {
         // R3 alone is not what was asked for.
         let (code, _) = judge_negative(&r, &judge(&r, &o), &[FindingRule::Stale]);
         assert_eq!(code, 1);
+        // A freed frame still cached is its own rule.
+        let freed = caught.replace("stale=0 freed=0", "stale=0 freed=2");
+        let r = report(&freed);
+        let (code, line) = judge_negative(&r, &judge(&r, &o), &[FindingRule::Freed]);
+        assert_eq!(code, 0, "{line}");
+        assert!(line.contains("caught: a (2 findings)"), "{line}");
         // A clean pass is not caught.
         let r = report(GOOD);
         let (code, line) = judge_negative(
@@ -379,6 +388,7 @@ mod tests {
                 "R3",
                 "R4",
                 "stale",
+                "freed",
                 "time"
             ]
         );
@@ -386,7 +396,7 @@ mod tests {
         let cells: Vec<&str> = lines[2].split(" | ").map(str::trim).collect();
         assert_eq!(
             cells,
-            ["a", "pass", "1200", "0", "0", "0", "0", "0", "1.50 s"]
+            ["a", "pass", "1200", "0", "0", "0", "0", "0", "0", "1.50 s"]
         );
         let cells: Vec<&str> = lines[3].split(" | ").map(str::trim).collect();
         assert_eq!(cells[1], "skip");
