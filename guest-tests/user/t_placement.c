@@ -165,9 +165,11 @@ static uint64_t pfn_of(const void *addr)
 /*
  * Fragment: free every other page of a large range, keep the even pages
  * under a write stream, compact all zones.  Pages compaction moves must
- * keep their content and the device's writes.
+ * keep their content and the device's writes.  @moved: how many of the
+ * streamed pages changed frame.
  */
-void t_compaction(struct ctx *c)
+static void compact_once(struct ctx *c, unsigned int filler_mib,
+			 unsigned int *moved_out)
 {
 	const unsigned int n = 2048, kept = n / 2;
 	size_t len = (size_t)n * PAGE_SZ;
@@ -175,16 +177,28 @@ void t_compaction(struct ctx *c)
 	struct amdvi_ioc_stream_counts k;
 	uint64_t mig0 = vmstat("pgmigrate_success");
 	unsigned int moved = 0, bad = 0;
+	/*
+	 * A filler taken first and freed after the fragmentation leaves a
+	 * large free area beside the range for compaction to move into.
+	 */
+	size_t flen = (size_t)filler_mib << 20;
+	uint8_t *filler = map_anon(flen);
 	uint8_t *buf = map_anon(len);
 	uint32_t sid;
 
 	REQUIRE(c, buf && pfn, "expected memory, saw allocation failure");
 	SKIP_IF(c, access("/proc/sys/vm/compact_memory", W_OK),
 		"no /proc/sys/vm/compact_memory (CONFIG_COMPACTION off)");
+	if (filler) {
+		madvise(filler, flen, MADV_NOHUGEPAGE);
+		memset(filler, 1, flen);
+	}
 	madvise(buf, len, MADV_NOHUGEPAGE);
 	fill_words(buf, len, 37);
 	for (unsigned int i = 1; i < n; i += 2)
 		madvise(buf + (size_t)i * PAGE_SZ, PAGE_SZ, MADV_DONTNEED);
+	if (filler)
+		munmap(filler, flen);
 	for (unsigned int i = 0; i < kept; i++)
 		pfn[i] = pfn_of(buf + (size_t)2 * i * PAGE_SZ);
 	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
@@ -216,8 +230,25 @@ void t_compaction(struct ctx *c)
 	check_write_stream(c, buf, kept, 2 * PAGE_SZ, WV_BASE, &k,
 			   "writes across compaction");
 	audit(c, c->pasid, buf, len, "stream stop");
-	if (!moved)
-		skip(c, "compaction moved none of the %u streamed pages", kept);
+	*moved_out = moved;
 	munmap(buf, len);
 	free(pfn);
+}
+
+/*
+ * Compaction may leave a fresh range where it is (its free scanner works
+ * from the top of the zone); up to four rounds, each on a new range, every
+ * other one allocated after a 128 MiB filler, until one round moved some of
+ * the streamed pages.
+ */
+void t_compaction(struct ctx *c)
+{
+	unsigned int moved = 0, round;
+
+	for (round = 1; round <= 4 && !moved && !c->failed && !c->skipped;
+	     round++)
+		compact_once(c, round & 1 ? 0 : 128, &moved);
+	if (!moved && !c->failed && !c->skipped)
+		skip(c, "compaction moved none of the streamed pages in %u rounds",
+		     round - 1);
 }
