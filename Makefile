@@ -5,7 +5,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all build test test-rust lint fmt bench clean sim deps kernels kernels-clear run test-vm \
-	test-negative vm-bins script-bin test-scripts-vm
+	test-negative vm-bins script-bin test-scripts-vm matrix matrix-stress
 
 all: build
 
@@ -30,7 +30,7 @@ SIM_SCRIPTS ?= $(sort $(wildcard sim/scripts/*.amdvi))
 sim:
 	$(CARGO) run --release -q -p amdvi-sim -- $(SIM_SCRIPTS)
 
-test: lint test-rust sim test-vm test-negative test-scripts-vm mutants
+test: lint test-rust sim test-vm test-negative test-scripts-vm matrix mutants
 
 bench:
 	$(CARGO) bench -p iommu-dev
@@ -88,6 +88,26 @@ test-negative: deps kernels vm-bins
 		--expect-caught r1 --json build/negative-end-only.json
 	$(AMDVI_RUN) --kver 6.12 --filter 'cow_*' --config configs/broken-atc.toml \
 		--expect-caught r1,stale --json build/negative-broken-atc.json
+
+# Fault matrix: every planted device bug (configs/broken-*.toml) and driver
+# bug (module parameters inv_bug=..., notifier_mode=...) against the
+# scenarios its row names in guest-tests/faults/expected.json, one boot per
+# row, plus the control (the correct configuration on the union of those
+# scenarios). Fails when a cell differs from the expected matrix, a planted
+# bug escapes, or the control shows a failing finding. Prints the matrix and
+# writes build/matrix/matrix.{txt,json}.
+#   make matrix ROWS=broken-atc,inv-first-page RUNS=3
+MATRIX_ROWS ?= $(ROWS)
+matrix: deps kernels vm-bins
+	python3 guest-tests/faults/matrix.py $(if $(MATRIX_ROWS),--rows $(MATRIX_ROWS)) \
+		$(if $(RUNS),--runs $(RUNS))
+
+# Catch rate of a weak negative control with and without each stress
+# config (delay rules that widen race windows, configs/stress-*.toml):
+# build/matrix-stress/catch-rate.{txt,json}. Not part of make test.
+STRESS_RUNS ?= 5
+matrix-stress: deps kernels vm-bins
+	python3 guest-tests/faults/stress.py --runs $(STRESS_RUNS)
 
 # Ordering scripts in the guest: one 6.12 boot runs every shipped script's
 # literal order on a private page table against the daemon (amdvi-script),

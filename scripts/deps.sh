@@ -28,7 +28,6 @@ QEMU_MIN_MAJOR=10
 QEMU_MIN_MINOR=0
 BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring)
 KERNEL_PKGS=(flex bison bc libelf-dev ccache xz-utils python3)
-((KERNEL_BUILD)) && BASE_PKGS+=("${KERNEL_PKGS[@]}")
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 
 log() { printf 'deps: %s\n' "$*"; }
@@ -82,6 +81,11 @@ if [[ "$codename" != other ]]; then
 	for p in "${BASE_PKGS[@]}"; do
 		pkg_installed "$p" || missing+=("$p")
 	done
+	if ((KERNEL_BUILD)); then
+		for p in "${KERNEL_PKGS[@]}"; do
+			pkg_installed "$p" || missing+=("$p")
+		done
+	fi
 fi
 
 if ((${#missing[@]} == 0)); then
@@ -125,6 +129,8 @@ if ((EUID != 0)); then
 			echo "  apt-get update"
 			echo "  DEBIAN_FRONTEND=noninteractive apt-get ${APT_OPTS[*]} install ${BASE_PKGS[*]}"
 			echo "  DEBIAN_FRONTEND=noninteractive apt-get ${APT_OPTS[*]} install -t $BACKPORTS qemu-system-x86"
+			((KERNEL_BUILD)) &&
+				echo "  DEBIAN_FRONTEND=noninteractive apt-get ${APT_OPTS[*]} install -t $BACKPORTS ${KERNEL_PKGS[*]}"
 		} >&2
 		exit 1
 	fi
@@ -157,6 +163,19 @@ if ! qemu_ok || [[ "$codename" == trixie && "$(qemu_version)" == "10 "[01] ]]; t
 	log "installing qemu-system-x86 from $BACKPORTS"
 	apt_get install -t "$BACKPORTS" qemu-system-x86
 	qemu_ok || die "qemu-system-x86_64 is still older than ${QEMU_MIN_MAJOR}.${QEMU_MIN_MINOR}"
+fi
+
+# After QEMU, and from backports where they exist there: the backported QEMU
+# pulls in a newer libelf1, and stable's libelf-dev pins the older one.
+if ((KERNEL_BUILD)); then
+	to_install=()
+	for p in "${KERNEL_PKGS[@]}"; do
+		pkg_installed "$p" || to_install+=("$p")
+	done
+	if ((${#to_install[@]})); then
+		log "installing for the kernel build: ${to_install[*]}"
+		apt_get install -t "$BACKPORTS" "${to_install[@]}"
+	fi
 fi
 log "qemu: $(qemu-system-x86_64 -version | head -n 1)"
 log "all host dependencies present (guest kernels: scripts/kernel-cache.sh)"

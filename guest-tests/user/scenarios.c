@@ -40,6 +40,8 @@ const struct scenario scenarios[] = {
 	  .what = "munmap half of a streamed range" },
 	{ .name = "mprotect_ro_stream", .fn = t_mprotect_ro_stream,
 	  .what = "RW->RO under a write stream: no later device write lands" },
+	{ .name = "upgrade_write", .fn = t_upgrade_write,
+	  .what = "RO->RW by mprotect and by a write fault, without invalidation, under device writes" },
 	{ .name = "mremap_move", .fn = t_mremap_move,
 	  .what = "mremap a streamed range to a new address" },
 	{ .name = "thp_collapse", .fn = t_thp_collapse,

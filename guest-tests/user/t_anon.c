@@ -226,6 +226,104 @@ void t_mprotect_ro_stream(struct ctx *c)
 	free(snap);
 }
 
+/*
+ * ---- permission upgrades without invalidation ----
+ *
+ * Linux raises permissions without a secondary-TLB flush (wp_page_reuse()
+ * after the COW sharer has gone; the x86 TLB re-walks on a fault, SDM
+ * 4.10.4.3), so after a PRI Success the IOMMU must answer the device's new
+ * translation request from the tables, not from a read-only IOTLB entry
+ * (iommu-dev `ats_permission_miss`, docs/fault-injection.md). Part A:
+ * mprotect RO->RW under a write stream. Part B: a write-fault upgrade: the
+ * device caches the read-only PTE of a fork-shared page, the child exits,
+ * and a device write must land through PRI.
+ */
+void t_upgrade_write(struct ctx *c)
+{
+	const unsigned int n = 8;
+	size_t len = n * PAGE_SZ;
+	uint8_t *a = map_anon(len), *b = map_anon(len), *tmp = malloc(len);
+	struct amdvi_ioc_stream_counts k1, k2;
+	struct amdvi_ioc_access acc;
+	struct sleeper s = { 0 };
+	uint32_t sid;
+	uint64_t v;
+	int ret;
+
+	REQUIRE(c, a && b && tmp, "expected memory, saw allocation failure");
+
+	/* A: RO, the device caches read-only entries, then RO->RW */
+	fill_words(a, len, 21);
+	REQUIRE(c, !mprotect(a, len, PROT_READ),
+		"expected mprotect(PROT_READ) to succeed, saw %s", strerror(errno));
+	ret = dacc(c, 0, AMDVI_OP_READ, a, tmp, len, NULL);
+	CHECK(c, ret == ST_OK, "device read of the read-only range: expected OK, saw %s",
+	      st_str(ret));
+	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
+		.va = a, .len = len, .stride = 512, .wr = 1,
+		.rate = c->rate, .write_value = WV_BASE });
+	msleep(10);
+	REQUIRE(c, !mprotect(a, len, PROT_READ | PROT_WRITE),
+		"expected mprotect(PROT_READ|PROT_WRITE) to succeed, saw %s",
+		strerror(errno));
+	dev_stream_ctl(c->fd, sid, 0, &k1);
+	msleep(50);
+	dev_stream_ctl(c->fd, sid, 0, &k2);
+	CHECK(c, k2.writes > k1.writes,
+	      "write stream after mprotect RO->RW: expected writes to land, saw %llu more (faults +%llu)",
+	      (unsigned long long)(k2.writes - k1.writes),
+	      (unsigned long long)(k2.faults - k1.faults));
+	stream_end(c, sid, NULL);
+	for (unsigned int i = 0; i < n; i++) {
+		uint64_t *p = (uint64_t *)(a + i * PAGE_SZ + 8);
+
+		v = 0x5570000000000000ULL | i;
+		ret = dacc(c, 0, AMDVI_OP_WRITE, p, &v, 8, &acc);
+		CHECK(c, ret == ST_OK && *(volatile uint64_t *)p == v,
+		      "device write to page %u after mprotect RO->RW: expected OK and %#llx, saw %s %#llx (%u page requests)",
+		      i, (unsigned long long)v, st_str(ret),
+		      (unsigned long long)*p, acc.page_requests);
+	}
+	epoch_bump(c);
+	audit(c, c->pasid, a, len, "mprotect RO->RW");
+
+	/* B: read-only PTEs cached, then a write fault upgrades them in place */
+	fill_words(b, len, 22);
+	if (!sleeper_fork(c, &s, b, len, 22))
+		goto out;
+	ret = dacc(c, 0, AMDVI_OP_READ, b, tmp, len, NULL);
+	CHECK(c, ret == ST_OK, "device read of the fork-shared range: expected OK, saw %s",
+	      st_str(ret));
+	sleeper_finish(c, &s);		/* the pages are ours alone again */
+	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
+		.va = b + PAGE_SZ * (n / 2), .len = len / 2, .stride = 512,
+		.wr = 1, .rate = c->rate, .write_value = WV_BASE });
+	for (unsigned int i = 0; i < n / 2; i++) {
+		uint64_t *p = (uint64_t *)(b + i * PAGE_SZ + 16);
+
+		v = 0x5571000000000000ULL | i;
+		ret = dacc(c, 0, AMDVI_OP_WRITE, p, &v, 8, &acc);
+		CHECK(c, ret == ST_OK && *(volatile uint64_t *)p == v,
+		      "device write to page %u after its COW sharer exited: expected OK and %#llx via PRI, saw %s %#llx (%u page requests)",
+		      i, (unsigned long long)v, st_str(ret),
+		      (unsigned long long)*p, acc.page_requests);
+	}
+	dev_stream_ctl(c->fd, sid, 0, &k1);
+	msleep(50);
+	dev_stream_ctl(c->fd, sid, 0, &k2);
+	CHECK(c, k2.writes > k1.writes,
+	      "write stream after the write-fault upgrade: expected writes to land, saw %llu more (faults +%llu)",
+	      (unsigned long long)(k2.writes - k1.writes),
+	      (unsigned long long)(k2.faults - k1.faults));
+	stream_end(c, sid, NULL);
+	epoch_bump(c);
+	audit(c, c->pasid, b, len, "write-fault upgrade");
+out:
+	munmap(a, len);
+	munmap(b, len);
+	free(tmp);
+}
+
 /* ---- mremap ---- */
 
 void t_mremap_move(struct ctx *c)

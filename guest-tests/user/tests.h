@@ -72,6 +72,7 @@ void t_migrate_numa(struct ctx *c);
 void t_dontneed_race(struct ctx *c);
 void t_munmap_stream(struct ctx *c);
 void t_mprotect_ro_stream(struct ctx *c);
+void t_upgrade_write(struct ctx *c);
 void t_mremap_move(struct ctx *c);
 void t_thp_collapse(struct ctx *c);
 void t_thp_split(struct ctx *c);

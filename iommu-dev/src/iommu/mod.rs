@@ -28,8 +28,8 @@ pub mod types;
 
 pub use port::Port;
 pub use types::{
-    AccessError, AccessFlags, AccessReport, BatchResult, Endpoint, IommuConfig, Stats, TraceEvent,
-    Tracer,
+    AccessError, AccessFlags, AccessReport, BatchResult, Endpoint, IommuConfig, PermissionMiss,
+    Stats, TraceEvent, Tracer,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -59,6 +59,9 @@ pub struct Iommu {
     faults: FaultInjector,
     stats: Stats,
     cmd_lock: Mutex<()>,
+    /// Invalidations a `defer` fault rule holds back until the next batch
+    /// (command GPA, command).
+    deferred: Mutex<Vec<(u64, crate::command::Command)>>,
     tracer: RwLock<Option<Arc<dyn Tracer>>>,
 }
 
@@ -97,6 +100,7 @@ impl Iommu {
             faults: FaultInjector::default(),
             stats: Stats::default(),
             cmd_lock: Mutex::new(()),
+            deferred: Mutex::new(Vec::new()),
             tracer: RwLock::new(None),
             cfg,
         }
@@ -195,6 +199,7 @@ impl Iommu {
         self.dte_cache.lock().unwrap().clear();
         self.iotlb.lock().unwrap().clear();
         self.pwc.lock().unwrap().clear();
+        self.deferred.lock().unwrap().clear();
         self.gen.fetch_add(1, Ordering::AcqRel);
         for ep in &self.endpoints {
             ep.gate.clear();

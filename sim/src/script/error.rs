@@ -15,8 +15,11 @@ pub enum FaultSpecError {
     /// The fault point is not one iommu-dev knows (its message lists them).
     #[error("{0}")]
     Point(String),
-    #[error("expected fault action drop or fail, found `{0}`")]
+    #[error("expected fault action drop, fail, defer, narrow or other_pasid, found `{0}`")]
     Action(String),
+    /// The action has no meaning at the point (iommu-dev's per-point list).
+    #[error(transparent)]
+    NotAtPoint(#[from] iommu_dev::FaultError),
 }
 
 /// What an error found instead of what it expected.

@@ -18,12 +18,14 @@ pub fn parse_fault(s: &str) -> Result<FaultRule, FaultSpecError> {
         .split_once(':')
         .ok_or_else(|| FaultSpecError::Form(s.into()))?;
     let point: FaultPoint = p.parse().map_err(FaultSpecError::Point)?;
-    let action = match a {
-        "drop" => FaultAction::Drop,
-        "fail" => FaultAction::Fail,
+    // A delay means nothing to an exploration of every interleaving.
+    let action = match FaultAction::parse(a, None) {
+        Ok(act) if a != "delay" => act,
         _ => return Err(FaultSpecError::Action(a.into())),
     };
-    Ok(FaultRule::new(point, action))
+    let rule = FaultRule::new(point, action);
+    rule.validate()?;
+    Ok(rule)
 }
 
 /// An error inside a line: what, and where.

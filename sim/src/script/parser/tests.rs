@@ -187,7 +187,7 @@ fn errors_name_file_line_and_what_was_expected() {
         (
             "fault atc_invalidate:explode\ncpu clear A\n",
             1,
-            "expected fault action drop or fail",
+            "expected fault action drop, fail, defer",
         ),
         (
             "fault nowhere:drop\ncpu clear A\n",
