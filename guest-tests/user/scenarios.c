@@ -60,14 +60,8 @@ const struct scenario scenarios[] = {
 	  .what = "MADV_PAGEOUT and drop_caches of clean ext2 page cache, shared and private, under streams" },
 	{ .name = "writeback_tmpfs", .fn = t_writeback_tmpfs,
 	  .what = "device dirties a shared tmpfs mapping across msync; the file holds every write" },
-	/*
-	 * Hidden until fixed: a device write to a page folio_mkclean
-	 * write-protected on the ext4 driver intermittently fails its page
-	 * requests (TRANSLATION_FAULT, no fault error logged) on 6.12 and
-	 * 6.1; run it with -x writeback_ext2.
-	 */
-	{ .name = "writeback_ext2", .fn = t_writeback_ext2, .flags = SC_HIDDEN,
-	  .what = "folio_mkclean by msync of a shared ext2 mapping the device writes; every write reaches the disk (-x writeback_ext2: intermittent PRI failure, see README)" },
+	{ .name = "writeback_ext2", .fn = t_writeback_ext2,
+	  .what = "folio_mkclean by msync of a shared ext2 mapping the device writes; every write reaches the disk" },
 	{ .name = "truncate_punch", .fn = t_truncate_punch,
 	  .what = "hole punch and truncate of a shared tmpfs mapping under a stream" },
 	{ .name = "madv_free", .fn = t_madv_free,
