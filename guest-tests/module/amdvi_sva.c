@@ -359,13 +359,21 @@ retry:
 	if (ret & VM_FAULT_COMPLETED)
 		return 0;		/* lock already released */
 	if (ret & VM_FAULT_RETRY) {	/* lock already released */
-		if (++tries > 8)
+		if (++tries > 8) {
+			pr_warn_ratelimited("amdvi: page request at %#llx flags %#x: still VM_FAULT_RETRY after %u tries\n",
+					    addr, flags, tries);
 			return -EAGAIN;
+		}
 		fflags |= FAULT_FLAG_TRIED;
 		goto retry;
 	}
 	mmap_read_unlock(mm);
-	return (ret & VM_FAULT_ERROR) ? -EFAULT : 0;
+	if (ret & VM_FAULT_ERROR) {
+		pr_warn_ratelimited("amdvi: page request at %#llx flags %#x: handle_mm_fault returned %#x\n",
+				    addr, flags, (unsigned int)ret);
+		return -EFAULT;
+	}
+	return 0;
 }
 
 static void amdvi_prg_work(struct work_struct *work)
