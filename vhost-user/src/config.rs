@@ -10,13 +10,55 @@ use serde::Deserialize;
 
 use crate::virtio_amdvi::MAX_ENDPOINTS;
 
-/// A configuration problem: `file: key: reason`.
+/// A configuration problem: `file: key: reason`, or `file: reason` when no
+/// key is to blame (the file cannot be read).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}: {key}: {reason}")]
+#[error("{file}: {}{reason}", key_prefix(.key))]
 pub struct ConfigError {
     pub file: String,
+    /// The key (`fault[2].devid`), empty when the problem is not a key's.
     pub key: String,
     pub reason: String,
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+/// The key a TOML error at byte `at` belongs to when `key_at` finds none
+/// there: a missing field of a `[[fault]]` table (`fault[n].field`), or
+/// the nearest `key =` line above (an unterminated value reported at the
+/// end of the file).
+fn key_near(text: &str, at: usize, msg: &str) -> Option<String> {
+    let at = at.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    if let Some(field) = msg
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        let faults = text[..line_end]
+            .lines()
+            .filter(|l| l.trim() == "[[fault]]")
+            .count();
+        return Some(if faults > 0 {
+            format!("fault[{}].{field}", faults - 1)
+        } else {
+            field.to_string()
+        });
+    }
+    text[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        if l.starts_with('[') {
+            return Some(None);
+        }
+        let key = l.split_once('=')?.0.trim();
+        (!key.is_empty() && !key.contains(' ')).then(|| Some(key.to_string()))
+    })?
 }
 
 /// The file as written. Every key is optional; defaults are those of
@@ -38,6 +80,7 @@ struct FileConfig {
     event_backlog: Option<u32>,
     max_streams: Option<u32>,
     ats_permission_miss: Option<String>,
+    handshake_timeout_ms: Option<u32>,
     #[serde(default)]
     fault: Vec<FileFault>,
 }
@@ -62,6 +105,9 @@ pub struct DaemonConfig {
     pub iommu: IommuConfig,
     pub max_streams: u32,
     pub faults: Vec<FaultRule>,
+    /// How long a new connection has to send SET_OWNER, and any started
+    /// message to arrive whole.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -83,6 +129,7 @@ impl Default for DaemonConfig {
             },
             max_streams: 16,
             faults: Vec::new(),
+            handshake_timeout: Duration::from_millis(5000),
         }
     }
 }
@@ -115,7 +162,7 @@ impl DaemonConfig {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
-            key: "-".into(),
+            key: String::new(),
             reason: format!("cannot read: {e}"),
         })?;
         Self::from_toml(&file, &text)
@@ -129,14 +176,14 @@ impl DaemonConfig {
             reason,
         };
         let fc: FileConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().lines().next().unwrap_or("").trim().to_string();
             let key = e
                 .span()
-                .and_then(|s| key_at(text, s.start))
-                .unwrap_or_else(|| "-".into());
+                .and_then(|s| key_at(text, s.start).or_else(|| key_near(text, s.start, &msg)))
+                .unwrap_or_default();
             let line = e
                 .span()
                 .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let msg = e.message().lines().next().unwrap_or("").trim().to_string();
             let reason = match line {
                 Some(l) => format!("{msg} (line {l})"),
                 None => msg,
@@ -201,6 +248,12 @@ impl DaemonConfig {
             i.ats_permission_miss = m.parse().map_err(|e| err("ats_permission_miss", e))?;
         }
         let max_streams = pos("max_streams", fc.max_streams, d.max_streams as usize, 256)? as u32;
+        let handshake_timeout = Duration::from_millis(pos(
+            "handshake_timeout_ms",
+            fc.handshake_timeout_ms,
+            d.handshake_timeout.as_millis() as usize,
+            600_000,
+        )? as u64);
         let mut faults = Vec::new();
         for (n, f) in fc.fault.iter().enumerate() {
             let k = |field: &str| format!("fault[{n}].{field}");
@@ -232,6 +285,19 @@ impl DaemonConfig {
                 rule.times = t;
             }
             rule.skip = f.skip.unwrap_or(0);
+            if let Some(d) = f.devid {
+                if !i.endpoints.contains(&d) {
+                    let eps: Vec<String> =
+                        i.endpoints.iter().map(|e| format!("{e:#06x}")).collect();
+                    return Err(err(
+                        &k("devid"),
+                        format!(
+                            "{d:#06x} is not an endpoint (endpoints: {})",
+                            eps.join(", ")
+                        ),
+                    ));
+                }
+            }
             rule.devid = f.devid;
             if let Some(p) = f.pasid {
                 if p >> 16 != 0 {
@@ -247,6 +313,7 @@ impl DaemonConfig {
             iommu: i,
             max_streams,
             faults,
+            handshake_timeout,
         })
     }
 }

@@ -5,11 +5,17 @@
 //! Layout (as the rust-vmm vhost-device daemons): `config.rs` the TOML file,
 //! `virtio_amdvi.rs` the wire structs, `chain.rs` descriptor-chain checks,
 //! `amdvi.rs` requests on the model, `stream.rs` the access engines,
-//! `vhu_amdvi.rs` the `VhostUserBackend`, and here the per-connection loop.
+//! `vhu_amdvi.rs` the `VhostUserBackend`, `relay.rs` the checks on the
+//! frontend's messages, `sigbus.rs` the guard against guest memory files
+//! shrunk under the daemon, `service.rs` the process loop (event-manager),
+//! and here the sockets and the counters.
 
 pub mod amdvi;
 pub mod chain;
 pub mod config;
+pub mod relay;
+mod service;
+pub mod sigbus;
 pub mod stream;
 pub mod trace;
 pub mod vhu_amdvi;
@@ -17,26 +23,28 @@ pub mod virtio_amdvi;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
-use iommu_dev::Tracer;
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::GuestMemoryAtomic;
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use config::{ConfigError, DaemonConfig};
 pub use trace::JsonTracer;
-pub use vhu_amdvi::VhostUserAmdviBackend;
+pub use vhu_amdvi::{ExitEvents, VhostUserAmdviBackend};
 
 /// Errors of the daemon process (configuration errors are [`ConfigError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot listen on {0}: {1}")]
-    Listen(PathBuf, vhost::vhost_user::Error),
+    Listen(PathBuf, std::io::Error),
+    #[error("{0} exists and is not a socket: refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("{0}: another daemon is listening on this socket")]
+    InUse(PathBuf),
+    #[error("cannot set up the private socket to vhost-user-backend: {0}")]
+    Private(std::io::Error),
     #[error("cannot create the backend: {0}")]
     Backend(std::io::Error),
     #[error("vhost-user daemon: {0}")]
@@ -47,14 +55,15 @@ pub enum Error {
     Trace(PathBuf, std::io::Error),
     #[error("cannot write {0}: {1}")]
     Stats(PathBuf, std::io::Error),
-    #[error("poll: {0}")]
+    #[error("event loop: {0}")]
     Poll(std::io::Error),
+    #[error("timerfd: {0}")]
+    Timer(vmm_sys_util::errno::Error),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// A request to stop the daemon, usable from a signal handler (write the
-/// eventfd) or another thread ([`StopSignal::stop`]).
+/// A request to stop the daemon from another thread ([`StopSignal::stop`]).
 #[derive(Debug)]
 pub struct StopSignal {
     fd: EventFd,
@@ -77,7 +86,7 @@ impl StopSignal {
         })
     }
 
-    /// The eventfd; writing 8 bytes to it stops the daemon (async-signal-safe).
+    /// The eventfd; writing 8 bytes to it stops the daemon.
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
@@ -90,6 +99,11 @@ pub struct Options {
     pub stats_json: Option<PathBuf>,
     /// JSON lines of the model's trace events.
     pub trace: Option<PathBuf>,
+    /// Also write `stats_json` this often.
+    pub stats_interval: Option<std::time::Duration>,
+    /// Stop on SIGINT/SIGTERM, read from a signalfd. The caller must have
+    /// blocked both signals in every thread before starting any.
+    pub signals: bool,
 }
 
 /// Counters summed over the connections served.
@@ -135,141 +149,121 @@ impl Totals {
     }
 }
 
-/// Wait until one of `fds` is readable; returns its index.
-fn wait_readable(fds: &[i32]) -> Result<usize> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        // SAFETY: `pfds` is a valid array of `pfds.len()` pollfd structs for
-        // the duration of the call.
-        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Error::Poll(e));
+/// The listening socket at the user's path.
+///
+/// An existing path is replaced only when it is a socket nobody listens on
+/// (a stale one from a daemon that died): a regular file or anything else
+/// is an error, and so is a socket that accepts a connection (a live
+/// daemon; taking its path over would strand it and its frontend). The
+/// check and the bind are not atomic: two daemons started at the same
+/// instant on one path can still race.
+#[derive(Debug)]
+pub struct PublicSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// (device, inode) of the socket we bound, so that only our own is
+    /// removed at exit.
+    id: (u64, u64),
+}
+
+impl PublicSocket {
+    pub fn bind(path: &Path) -> Result<Self> {
+        let listen = |e| Error::Listen(path.to_path_buf(), e);
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
+                Ok(_) => return Err(Error::InUse(path.to_path_buf())),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    log::info!("removing the stale socket {}", path.display());
+                    std::fs::remove_file(path).map_err(listen)?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(listen(e)),
+            },
+            Ok(_) => return Err(Error::NotASocket(path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(listen(e)),
         }
-        if let Some(i) = pfds.iter().position(|p| p.revents != 0) {
-            return Ok(i);
+        let listener = UnixListener::bind(path).map_err(listen)?;
+        let m = std::fs::symlink_metadata(path).map_err(listen)?;
+        Ok(PublicSocket {
+            listener,
+            path: path.to_path_buf(),
+            id: (m.dev(), m.ino()),
+        })
+    }
+}
+
+impl Drop for PublicSocket {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()) == self.id)
+            .unwrap_or(false);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
 
-/// Serve connections on `socket` one after another (a new backend and
-/// daemon each time, so every connection starts from a fresh device) until
-/// `stop` fires. Returns the counters summed over all connections.
+/// The socket vhost-user-backend listens on, in a directory only this user
+/// can enter; the daemon connects to it once per frontend and relays.
+struct PrivateSocket {
+    dir: PathBuf,
+    path: PathBuf,
+    listener: Listener,
+}
+
+impl PrivateSocket {
+    fn new() -> std::io::Result<Self> {
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let template = base.join("vhost-device-amdvi.XXXXXX");
+        let mut raw = std::ffi::CString::new(template.into_os_string().into_encoded_bytes())
+            .map_err(std::io::Error::other)?
+            .into_bytes_with_nul();
+        // SAFETY: `raw` is a writable NUL-terminated template; mkdtemp
+        // replaces the Xs in place and creates the directory with mode 0700.
+        let p = unsafe { libc::mkdtemp(raw.as_mut_ptr().cast()) };
+        if p.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        raw.pop();
+        let dir = PathBuf::from(std::ffi::OsString::from(
+            String::from_utf8(raw).map_err(std::io::Error::other)?,
+        ));
+        let path = dir.join("backend.sock");
+        let listener = match UnixListener::bind(&path) {
+            Ok(l) => Listener::from(l),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(e);
+            }
+        };
+        Ok(PrivateSocket {
+            dir,
+            path,
+            listener,
+        })
+    }
+}
+
+impl Drop for PrivateSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Serve connections on `socket` one after another (a new backend each
+/// time, so every connection starts from a fresh device) until `stop`
+/// fires (or SIGINT/SIGTERM with [`Options::signals`]). Returns the
+/// counters summed over all connections. The loop is [`service`]'s.
 pub fn start_backend(
     cfg: &DaemonConfig,
     socket: &Path,
     opts: &Options,
     stop: &StopSignal,
 ) -> Result<Totals> {
-    let tracer = match &opts.trace {
-        Some(p) => Some(Arc::new(
-            JsonTracer::create(p).map_err(|e| Error::Trace(p.clone(), e))?,
-        )),
-        None => None,
-    };
-    let mut listener = Listener::new(socket, true).map_err(|e| Error::Listen(socket.into(), e))?;
-    log::info!("listening on {}", socket.display());
-
-    // The watcher turns the stop signal into a connection shutdown and a
-    // wake-up of the accept wait.
-    let stopping = Arc::new(AtomicBool::new(false));
-    let current: Arc<Mutex<Option<ShutdownHandle>>> = Arc::new(Mutex::new(None));
-    let wake = EventFd::new(0).map_err(Error::Backend)?;
-    let watcher = {
-        let (stopping, current) = (stopping.clone(), current.clone());
-        let wake = wake.try_clone().map_err(Error::Backend)?;
-        let stop = stop.try_clone().map_err(Error::Backend)?;
-        std::thread::Builder::new()
-            .name("amdvi-stop".into())
-            .spawn(move || {
-                let _ = stop.fd.read();
-                stopping.store(true, Ordering::Release);
-                if let Some(h) = current.lock().unwrap().as_ref() {
-                    h.shutdown();
-                }
-                let _ = wake.write(1);
-            })
-            .map_err(Error::Backend)?
-    };
-
-    let mut totals = Totals::default();
-    let result = (|| -> Result<()> {
-        loop {
-            if let Some(p) = &opts.stats_json {
-                totals.write(p)?;
-            }
-            if wait_readable(&[listener.as_raw_fd(), wake.as_raw_fd()])? == 1
-                || stopping.load(Ordering::Acquire)
-            {
-                return Ok(());
-            }
-            let backend = Arc::new(VhostUserAmdviBackend::new(cfg).map_err(Error::Backend)?);
-            if let Some(t) = &tracer {
-                backend
-                    .device()
-                    .iommu()
-                    .set_tracer(Some(t.clone() as Arc<dyn Tracer>));
-            }
-            let mut daemon = VhostUserDaemon::new(
-                "vhost-device-amdvi".into(),
-                backend.clone(),
-                GuestMemoryAtomic::new(iommu_dev::Mem::default()),
-            )
-            .map_err(Error::Daemon)?;
-            daemon.start(&mut listener).map_err(Error::Daemon)?;
-            log::info!("frontend connected");
-            let handlers = daemon.get_epoll_handlers();
-            handlers[1]
-                .register_listener(
-                    backend.log_event().as_raw_fd(),
-                    EventSet::IN,
-                    vhu_amdvi::LOG_EVENT,
-                )
-                .map_err(Error::Listener)?;
-            *current.lock().unwrap() = daemon.shutdown_handle();
-            if stopping.load(Ordering::Acquire) {
-                daemon.request_shutdown();
-            }
-            let r = daemon.wait();
-            *current.lock().unwrap() = None;
-            backend.shutdown();
-            for h in &handlers {
-                h.send_exit_event();
-            }
-            drop(handlers);
-            drop(daemon);
-            totals.add(backend.device());
-            if let Some(t) = &tracer {
-                t.flush();
-            }
-            match r {
-                Ok(())
-                | Err(vhost_user_backend::Error::HandleRequest(
-                    vhost::vhost_user::Error::Disconnected
-                    | vhost::vhost_user::Error::PartialMessage,
-                )) => log::info!("frontend disconnected"),
-                Err(e) => log::warn!("connection ended: {e}"),
-            }
-        }
-    })();
-    stopping.store(true, Ordering::Release);
-    stop.stop();
-    let _ = watcher.join();
-    if let Some(t) = &tracer {
-        t.flush();
-    }
-    if let Some(p) = &opts.stats_json {
-        totals.write(p)?;
-    }
-    result.map(|()| totals)
+    service::run(cfg, socket, opts, stop)
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
 
 use clap::Parser;
 use vhost_device_amdvi::{start_backend, DaemonConfig, Options, StopSignal};
@@ -31,6 +31,11 @@ struct Args {
     /// after each connection and at exit.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
+
+    /// Also write --stats-json every MS milliseconds while the daemon runs.
+    #[arg(long, value_name = "MS", requires = "stats_json",
+          value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    stats_interval_ms: Option<u64>,
 
     /// Write JSON lines of commands, walks, ATS requests, invalidations,
     /// events, page requests and oracle findings to FILE.
@@ -66,24 +71,36 @@ impl TryFrom<Args> for Configuration {
             options: Options {
                 stats_json: a.stats_json,
                 trace: a.trace,
+                stats_interval: a.stats_interval_ms.map(Duration::from_millis),
+                signals: true,
             },
         })
     }
 }
 
-static STOP_FD: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    let fd = STOP_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: write(2) is async-signal-safe; `one` is a valid 8-byte
-        // buffer and `fd` an eventfd that lives for the whole process.
-        unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+/// Block SIGINT and SIGTERM in this thread, and so in every thread started
+/// from it: the daemon reads them from a signalfd in its event loop.
+fn block_stop_signals() -> std::io::Result<()> {
+    // SAFETY: a zeroed sigset_t initialised by sigemptyset; pthread_sigmask
+    // with a valid set and no old-set pointer.
+    let r = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if r != 0 {
+        return Err(std::io::Error::from_raw_os_error(r));
     }
+    Ok(())
 }
 
 fn main() -> ExitCode {
+    if let Err(e) = block_stop_signals() {
+        eprintln!("vhost-device-amdvi: error: cannot block SIGINT/SIGTERM: {e}");
+        return ExitCode::FAILURE;
+    }
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
@@ -125,13 +142,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    STOP_FD.store(stop.raw_fd(), Ordering::Relaxed);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        if let Err(e) = vmm_sys_util::signal::register_signal_handler(sig, on_signal) {
-            eprintln!("vhost-device-amdvi: error: cannot handle signal {sig}: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
     match start_backend(&cfg.device, &cfg.socket_path, &cfg.options, &stop) {
         Ok(t) => {
             log::info!(
@@ -139,7 +149,8 @@ fn main() -> ExitCode {
                 t.connections,
                 t.counters.get("requests").copied().unwrap_or(0)
             );
-            let _ = std::fs::remove_file(&cfg.socket_path);
+            // The socket was removed when the daemon stopped (only if it
+            // was still its own).
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -3,6 +3,7 @@
 //! fed from the model's event and PPR logs.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -17,7 +18,10 @@ use virtio_bindings::bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard};
+use vm_memory::{
+    ByteValued, GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic,
+    GuestMemoryLoadGuard,
+};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -27,6 +31,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::amdvi::{Device, Outcome, Response};
 use crate::chain::{self, Parsed};
 use crate::config::DaemonConfig;
+use crate::sigbus;
 use crate::virtio_amdvi::{self as w, Status};
 
 /// Epoll id of the log-notification eventfd on the event queue's thread
@@ -116,9 +121,63 @@ pub struct VhostUserAmdviBackend {
     dev: Arc<Device>,
     mem: RwLock<GuestMemoryAtomic<Mem>>,
     event_idx: AtomicBool,
-    exit: Vec<(EventConsumer, EventNotifier)>,
+    exit: Arc<ExitEvents>,
     log_event: Arc<EventFd>,
     pool: WorkerPool,
+    /// Per queue: the last event ended in an error (logged once).
+    queue_failed: [AtomicBool; 2],
+    /// Tag of this connection's regions in the SIGBUS registry.
+    owner: usize,
+    /// Written when a region's file was truncated under the daemon.
+    shrunk: EventFd,
+}
+
+const QUEUE_NAMES: [&str; 2] = ["request", "event"];
+
+/// Tags for [`sigbus::register`]; 0 means a free slot.
+static NEXT_OWNER: AtomicUsize = AtomicUsize::new(1);
+
+/// The exit events of the library's vring worker threads, one pair per
+/// thread, made once and lent to every connection's backend.
+///
+/// vhost-user-backend 0.24 takes the consumer [`VhostUserBackend::exit_event`]
+/// returns with `into_raw_fd()` in `VringEpollHandler::new` and never closes
+/// it: a fresh pair per connection leaked two eventfds each time. These
+/// pairs stay owned here; the library gets an alias of the consumer that it
+/// never closes, and [`ExitEvents::rearm`] empties the counters between
+/// connections (the library does not read them). Cargo.toml pins the crate
+/// to 0.24.0 for this reason; `tests/hostile.rs` counts descriptors over
+/// many connections.
+#[derive(Debug)]
+pub struct ExitEvents {
+    pairs: Vec<(EventConsumer, EventNotifier)>,
+}
+
+impl ExitEvents {
+    pub fn new() -> io::Result<Self> {
+        let pairs = (0..2)
+            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(ExitEvents { pairs })
+    }
+
+    /// Empty the counters (after a connection's worker threads are joined).
+    pub fn rearm(&self) {
+        for (c, _) in &self.pairs {
+            let _ = c.consume();
+        }
+    }
+
+    fn lend(&self, thread: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (c, n) = self.pairs.get(thread)?;
+        // SAFETY: the alias is handed to vhost-user-backend 0.24, which only
+        // calls `into_raw_fd()` on it and never closes the descriptor (see
+        // the type's comment); `self` keeps owning and finally closes it, and
+        // outlives the library's epoll handlers (they hold the backend,
+        // which holds `self`).
+        let alias = unsafe { EventConsumer::from_raw_fd(c.as_raw_fd()) };
+        Some((alias, n.try_clone().ok()?))
+    }
 }
 
 impl std::fmt::Debug for VhostUserAmdviBackend {
@@ -135,7 +194,23 @@ fn io_err<E: std::fmt::Debug>(e: E) -> io::Error {
 
 impl VhostUserAmdviBackend {
     pub fn new(cfg: &DaemonConfig) -> io::Result<Self> {
-        let mem = GuestMemoryAtomic::new(Mem::default());
+        Self::with_exit_events(cfg, Arc::new(ExitEvents::new()?))
+    }
+
+    /// As [`VhostUserAmdviBackend::new`], lending `exit` to the library
+    /// (one [`ExitEvents`] serves all the connections of a process).
+    pub fn with_exit_events(cfg: &DaemonConfig, exit: Arc<ExitEvents>) -> io::Result<Self> {
+        Self::with_parts(cfg, exit, GuestMemoryAtomic::new(Mem::default()))
+    }
+
+    /// As [`VhostUserAmdviBackend::with_exit_events`], with the guest memory
+    /// the library will fill (pass the same atomic to `VhostUserDaemon::new`:
+    /// the library, the backend and the model then share one).
+    pub fn with_parts(
+        cfg: &DaemonConfig,
+        exit: Arc<ExitEvents>,
+        mem: GuestMemoryAtomic<Mem>,
+    ) -> io::Result<Self> {
         let dev = Arc::new(Device::new(cfg, mem.clone()));
         let log_event = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         for log in [dev.iommu().event_log(), dev.iommu().ppr_log()] {
@@ -144,9 +219,6 @@ impl VhostUserAmdviBackend {
                 let _ = ev.write(1);
             })));
         }
-        let exit = (0..2)
-            .map(|_| new_event_consumer_and_notifier(EventFlag::NONBLOCK))
-            .collect::<io::Result<Vec<_>>>()?;
         Ok(VhostUserAmdviBackend {
             dev,
             mem: RwLock::new(mem),
@@ -154,6 +226,9 @@ impl VhostUserAmdviBackend {
             exit,
             log_event,
             pool: WorkerPool::new(),
+            queue_failed: [AtomicBool::new(false), AtomicBool::new(false)],
+            owner: NEXT_OWNER.fetch_add(1, Ordering::Relaxed),
+            shrunk: EventFd::new(EFD_NONBLOCK)?,
         })
     }
 
@@ -188,6 +263,18 @@ impl VhostUserAmdviBackend {
         }
     }
 
+    /// The eventfd that becomes readable when the frontend shrank a memory
+    /// region's file under the daemon.
+    pub fn shrunk_event(&self) -> &EventFd {
+        &self.shrunk
+    }
+
+    /// Forget this connection's regions in the SIGBUS registry (before its
+    /// memory is unmapped).
+    pub fn unregister_memory(&self) {
+        sigbus::unregister(self.owner);
+    }
+
     fn memory(&self) -> GuestMemoryLoadGuard<Mem> {
         self.mem.read().unwrap().memory()
     }
@@ -195,6 +282,7 @@ impl VhostUserAmdviBackend {
     /// Drain the request queue (thread 0).
     fn process_requests(&self, vring: &VringRwLock) -> io::Result<()> {
         let mem = self.memory();
+        check_queue(vring, &mem)?;
         loop {
             vring.disable_notification().map_err(io_err)?;
             let chains: Vec<_> = vring
@@ -281,6 +369,7 @@ impl VhostUserAmdviBackend {
             }
         }
         let mem = self.memory();
+        check_queue(vring, &mem)?;
         loop {
             vring.disable_notification().map_err(io_err)?;
             let (used, empty) = self.fill_events(vring, &mem);
@@ -343,6 +432,41 @@ impl VhostUserAmdviBackend {
     }
 }
 
+/// Refuse to touch a ring that is not laid out inside guest memory (a kick
+/// before SET_VRING_ADDR, or a memory table that no longer covers it).
+fn check_queue(vring: &VringRwLock, mem: &Mem) -> io::Result<()> {
+    let st = vring.get_ref();
+    let q = st.get_queue();
+    let n = u64::from(q.size());
+    // (address, bytes, alignment) of the descriptor table and both rings.
+    let areas = [
+        (q.desc_table(), 16 * n, 16),
+        (q.avail_ring(), 6 + 2 * n, 2),
+        (q.used_ring(), 6 + 8 * n, 4),
+    ];
+    let inside = areas.iter().all(|&(a, len, align)| {
+        a % align == 0
+            && mem.check_range(
+                GuestAddress(a),
+                len as usize,
+                vm_memory::Permissions::ReadWrite,
+            )
+    });
+    if !q.ready() || !inside {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "ring (size {}, descriptors {:#x}, avail {:#x}, used {:#x}) is not inside guest memory",
+                q.size(),
+                q.desc_table(),
+                q.avail_ring(),
+                q.used_ring()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl VhostUserBackend for VhostUserAmdviBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -383,7 +507,27 @@ impl VhostUserBackend for VhostUserAmdviBackend {
         }
     }
 
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // The library acknowledged and ignored this before: refuse it
+        // (a NACK when REPLY_ACK is on; the library then ends the connection).
+        log::error!(
+            "SET_CONFIG refused: {} bytes at offset {offset}: the config space is read-only",
+            buf.len()
+        );
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the config space is read-only",
+        ))
+    }
+
     fn update_memory(&self, mem: GuestMemoryAtomic<Mem>) -> io::Result<()> {
+        // The relay checked each region against its file before the
+        // library mapped it; a later truncation is caught by the SIGBUS
+        // handler, which needs the regions registered first.
+        if let Err(e) = sigbus::register(self.owner, &mem.memory(), self.shrunk.as_raw_fd()) {
+            log::error!("memory table refused: {e}");
+            return Err(e);
+        }
         *self.mem.write().unwrap() = mem.clone();
         self.dev.set_memory(mem);
         Ok(())
@@ -411,8 +555,7 @@ impl VhostUserBackend for VhostUserAmdviBackend {
     }
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let (c, n) = self.exit.get(thread_index)?;
-        Some((c.try_clone().ok()?, n.try_clone().ok()?))
+        self.exit.lend(thread_index)
     }
 
     fn handle_event(
@@ -426,14 +569,31 @@ impl VhostUserBackend for VhostUserAmdviBackend {
             log::debug!("event {device_event} with event set {evset:?}");
         }
         let started = Instant::now();
-        match (thread_id, u64::from(device_event)) {
-            (0, 0) => self.process_requests(&vrings[0])?,
-            (1, 0) => self.process_events(&vrings[0])?,
+        // An error returned here would end the library's vring worker and
+        // the queue with it, silently: log it and keep the queue, which
+        // works again once the frontend repairs it and kicks.
+        let r = match (thread_id, u64::from(device_event)) {
+            (0, 0) => self.process_requests(&vrings[0]),
+            (1, 0) => self.process_events(&vrings[0]),
             (1, LOG_EVENT) => {
                 let _ = self.log_event.read();
-                self.process_events(&vrings[0])?;
+                self.process_events(&vrings[0])
             }
-            other => log::warn!("unexpected event {other:?}"),
+            other => {
+                log::warn!("unexpected event {other:?}");
+                Ok(())
+            }
+        };
+        let queue = thread_id.min(1);
+        match r {
+            Ok(()) => self.queue_failed[queue].store(false, Ordering::Relaxed),
+            Err(e) if !self.queue_failed[queue].swap(true, Ordering::Relaxed) => {
+                log::error!(
+                    "{} queue unusable: {e} (waiting for the frontend to repair it)",
+                    QUEUE_NAMES[queue]
+                )
+            }
+            Err(e) => log::debug!("{} queue still unusable: {e}", QUEUE_NAMES[queue]),
         }
         log::trace!(
             "event {device_event} on thread {thread_id}: {:?}",

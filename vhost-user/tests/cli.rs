@@ -67,7 +67,7 @@ fn bad_config(text: &str, key: &str, reason: &str) {
     let fs = f.display().to_string();
     one_line_exit_2(
         &["-s", sock.to_str().unwrap(), "--config", &fs],
-        &[&fs, key, reason],
+        &[&fs, &format!(": {key}: "), reason],
     );
     assert!(!sock.exists(), "no socket for a bad configuration");
 }
@@ -88,13 +88,24 @@ fn bad_config_files() {
         "fault[0].point",
         "unknown fault point",
     );
-    bad_config("max_streams = [\n", "-", "");
+    bad_config("max_streams = [\n", "max_streams", "");
+    bad_config(
+        "[[fault]]\npoint = \"walk_read\"\naction = \"drop\"\n[[fault]]\naction = \"drop\"\n",
+        "fault[1].point",
+        "missing field",
+    );
+    bad_config(
+        "endpoints = [0x10]\n[[fault]]\npoint = \"walk_read\"\naction = \"drop\"\ndevid = 0x99\n",
+        "fault[0].devid",
+        "0x0099 is not an endpoint",
+    );
     let (code, err) = run(&["-s", "/tmp/x.sock", "-c", "/nonexistent/amdvi.toml"]);
     assert_eq!(code, 2);
     assert!(
         err.contains("/nonexistent/amdvi.toml") && err.contains("cannot read"),
         "{err}"
     );
+    assert!(!err.contains(": -:"), "no key placeholder: {err}");
 }
 
 #[test]
@@ -196,4 +207,34 @@ fn sigterm_ends_cleanly_with_stats() {
 #[test]
 fn sigint_ends_cleanly_with_stats() {
     sigterm_after_serving(libc::SIGINT);
+}
+
+#[test]
+fn stats_interval_rewrites_the_stats_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("amdvi.sock");
+    let stats = dir.path().join("stats.json");
+    let mut child = Command::new(BIN)
+        .args(["--socket-path", sock.to_str().unwrap()])
+        .args(["--stats-json", stats.to_str().unwrap()])
+        .args(["--stats-interval-ms", "100"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&sock);
+    wait_for(&stats);
+    // No connection, no signal: only the timer writes the file again.
+    std::fs::remove_file(&stats).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while !stats.exists() {
+        assert!(
+            Instant::now() < end,
+            "stats file not rewritten by the timer"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!sock.exists(), "socket removed at exit");
 }

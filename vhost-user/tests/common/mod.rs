@@ -88,7 +88,7 @@ impl Daemon {
         let s = sock.clone();
         let opts = Options {
             stats_json: Some(dir.path().join("stats.json")),
-            trace: None,
+            ..Options::default()
         };
         let thread = std::thread::spawn(move || start_backend(&cfg, &s, &opts, &stop2));
         Daemon {
@@ -117,6 +117,56 @@ impl Drop for Daemon {
             let _ = t.join();
         }
     }
+}
+
+/// How long a test frontend's connection may last. The `vhost` crate's
+/// frontend retries a read that times out (SO_RCVTIMEO gives EAGAIN, which
+/// it treats as "retry"), so a read timeout would not stop it; instead a
+/// watchdog shuts the socket down after this long, the pending read sees
+/// the end of the stream and the test fails instead of hanging.
+pub const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// Shuts its connection down [`WATCHDOG`] after it was made, unless
+/// dropped first.
+pub struct Watchdog {
+    _alive: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    pub fn new(sock: &std::os::unix::net::UnixStream) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let s = sock.try_clone().unwrap();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(WATCHDOG) {
+                eprintln!("test frontend: no end after {WATCHDOG:?}: shutting the connection down");
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        });
+        Watchdog { _alive: tx }
+    }
+}
+
+/// Connect to `sock`, retrying for 5 s (the daemon may still be starting
+/// or finishing the previous connection).
+pub fn connect_stream(sock: &std::path::Path) -> std::os::unix::net::UnixStream {
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::os::unix::net::UnixStream::connect(sock) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() < end => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("cannot connect: {e}"),
+        }
+    }
+}
+
+/// A vhost-user frontend on `sock`, guarded by a [`Watchdog`].
+pub fn frontend(sock: &std::path::Path) -> (Frontend, Watchdog) {
+    let s = connect_stream(sock);
+    let dog = Watchdog::new(&s);
+    (Frontend::from_stream(s, w::NUM_QUEUES as u64), dog)
 }
 
 /// A split virtqueue driven by the test.
@@ -331,6 +381,7 @@ pub struct Guest {
     evbufs: Vec<u16>,
     ev_next: usize,
     pub features: u64,
+    _watchdog: Watchdog,
 }
 
 fn memfd(size: usize) -> File {
@@ -356,6 +407,13 @@ impl Guest {
 
     /// Connect to a daemon listening on `sock`.
     pub fn connect_path(sock: &std::path::Path, event_idx: bool) -> Guest {
+        let mut g = Self::connect_no_queues(sock, event_idx);
+        g.start_queues();
+        g
+    }
+
+    /// Connect, negotiate and send the memory table; the queues are not set up.
+    pub fn connect_no_queues(sock: &std::path::Path, event_idx: bool) -> Guest {
         let file = memfd(MEM_SIZE);
         let mem = Mem::from_ranges_with_files([(
             GuestAddress(0),
@@ -363,17 +421,7 @@ impl Guest {
             Some(FileOffset::new(file.try_clone().unwrap(), 0)),
         )])
         .unwrap();
-        let end = Instant::now() + Duration::from_secs(5);
-        let mut fe = loop {
-            match Frontend::connect(sock, w::NUM_QUEUES as u64) {
-                Ok(f) => break f,
-                Err(e) if Instant::now() < end => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("cannot connect: {e}"),
-            }
-        };
+        let (mut fe, watchdog) = frontend(sock);
         fe.set_owner().unwrap();
         let offered = fe.get_features().unwrap();
         let mut want = 1 << VIRTIO_F_VERSION_1
@@ -406,11 +454,21 @@ impl Guest {
             evbufs: Vec::new(),
             ev_next: 0,
             features: want,
+            _watchdog: watchdog,
         };
         g.reqq.event_idx = event_idx;
         g.evq.event_idx = event_idx;
-        g.start_queues();
         g
+    }
+
+    /// The memfd behind guest memory (tests shrink it).
+    pub fn memory_file(&self) -> &File {
+        &self._file
+    }
+
+    /// Host address of guest-physical `gpa` in this process's mapping.
+    pub fn host_addr(&self, gpa: u64) -> u64 {
+        self.hva(gpa)
     }
 
     fn hva(&self, gpa: u64) -> u64 {
