@@ -4,8 +4,8 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all build test test-rust lint fmt bench clean sim deps kernels kernels-clear run test-vm \
-	test-negative vm-bins script-bin test-scripts-vm fuzz-smoke
+.PHONY: all build test test-rust lint fmt bench clean sim deps kernels kernels-clear run shadow test-vm \
+	test-negative vm-bins script-bin test-scripts-vm matrix matrix-stress fuzz-smoke
 
 all: build
 
@@ -30,7 +30,7 @@ SIM_SCRIPTS ?= $(sort $(wildcard sim/scripts/*.amdvi))
 sim:
 	$(CARGO) run --release -q -p amdvi-sim -- $(SIM_SCRIPTS)
 
-test: lint test-rust sim test-vm test-negative test-scripts-vm mutants
+test: lint test-rust sim test-vm test-negative test-scripts-vm matrix shadow mutants
 
 bench:
 	$(CARGO) bench -p iommu-dev
@@ -105,6 +105,43 @@ test-negative: deps kernels vm-bins
 		--expect-caught r1 --json build/negative-end-only.json
 	$(AMDVI_RUN) --kver 6.12 --filter 'cow_*' --config configs/broken-atc.toml \
 		--expect-caught r1,stale --json build/negative-broken-atc.json
+
+# Fault matrix: every planted device bug (configs/broken-*.toml) and driver
+# bug (module parameters inv_bug=..., notifier_mode=...) against the
+# scenarios its row names in guest-tests/faults/expected.json, one boot per
+# row, plus the control (the correct configuration on the union of those
+# scenarios). Fails when a cell differs from the expected matrix, a planted
+# bug escapes, or the control shows a failing finding. Prints the matrix and
+# writes build/matrix/matrix.{txt,json}.
+#   make matrix ROWS=broken-atc,inv-first-page RUNS=3
+MATRIX_ROWS ?= $(ROWS)
+matrix: deps kernels vm-bins
+	python3 guest-tests/faults/matrix.py $(if $(MATRIX_ROWS),--rows $(MATRIX_ROWS)) \
+		$(if $(RUNS),--runs $(RUNS))
+
+# Catch rate of a weak negative control with and without each stress
+# config (delay rules that widen race windows, configs/stress-*.toml):
+# build/matrix-stress/catch-rate.{txt,json}. Not part of make test.
+STRESS_RUNS ?= 5
+matrix-stress: deps kernels vm-bins
+	python3 guest-tests/faults/stress.py --runs $(STRESS_RUNS)
+
+# Shadow mode (docs/shadow.md): programs run with the device following their
+# address space. Each workload must pass on the unmodified 6.12 (no failing
+# finding), and the planted notifier_mode=end_only must be caught (R1) under
+# the COW workload. Not part of make test (about a minute of QEMU).
+SHADOW_RUNS ?= 'amdvi-churn cow 200' 'amdvi-churn dontneed 500' 'amdvi-churn munmap 500' \
+	'amdvi-churn mprotect 500' "sh -c 'for i in 1 2; do ls -R / >/dev/null; done'"
+
+shadow: deps kernels vm-bins
+	@fail=0; for c in $(SHADOW_RUNS); do \
+		echo "== shadow: $$c"; \
+		$(AMDVI_RUN) --kver 6.12 --shadow "--rate 0 -- $$c" $(ARGS) || fail=1; \
+	done; \
+	echo "== shadow: amdvi-churn cow 200 with notifier_mode=end_only (must be caught)"; \
+	$(AMDVI_RUN) --kver 6.12 --modparams notifier_mode=end_only \
+		--shadow '--rate 0 -- amdvi-churn cow 200' --expect-caught r1 $(ARGS) || fail=1; \
+	exit $$fail
 
 # Ordering scripts in the guest: one 6.12 boot runs every shipped script's
 # literal order on a private page table against the daemon (amdvi-script),

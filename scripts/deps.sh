@@ -9,11 +9,25 @@
 # Debian 13: QEMU from trixie-backports (11.x, generic test-device carrier).
 # As root, or through sudo; otherwise it prints the commands to run.
 # Elsewhere it lists what to install and exits 1.
+#
+#   scripts/deps.sh                 the VM test path (make run, make test-vm)
+#   scripts/deps.sh --kernel-build  also what make kernel and make mutants
+#                                   need: kbuild's tools, libelf for objtool,
+#                                   ccache, xz for the source tarball
+# python3 runs the fault and mutant matrices (make matrix, make mutants).
 set -euo pipefail
+
+KERNEL_BUILD=0
+case "${1:-}" in
+"") ;;
+--kernel-build) KERNEL_BUILD=1 ;;
+*) printf 'deps: error: unknown argument %s (expected --kernel-build or nothing)\n' "$1" >&2; exit 2 ;;
+esac
 
 QEMU_MIN_MAJOR=10
 QEMU_MIN_MINOR=0
-BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring)
+BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring python3)
+KERNEL_PKGS=(flex bison bc libelf-dev ccache xz-utils)
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 
 log() { printf 'deps: %s\n' "$*"; }
@@ -55,12 +69,24 @@ missing=()
 qemu_ok || missing+=("qemu-system-x86 (>= ${QEMU_MIN_MAJOR}.${QEMU_MIN_MINOR})")
 [[ -x /bin/busybox ]] || missing+=(busybox-static)
 command -v cpio >/dev/null || missing+=(cpio)
+command -v python3 >/dev/null || missing+=(python3)
 command -v depmod >/dev/null || [[ -x /usr/sbin/depmod || -x /sbin/depmod ]] || missing+=(kmod)
 command -v gcc >/dev/null && command -v make >/dev/null || missing+=(build-essential)
+if ((KERNEL_BUILD)); then
+	for c in flex bison bc ccache xz; do
+		command -v "$c" >/dev/null || missing+=("$c")
+	done
+	[[ -e /usr/include/gelf.h ]] || missing+=(libelf-dev)
+fi
 if [[ "$codename" != other ]]; then
 	for p in "${BASE_PKGS[@]}"; do
 		pkg_installed "$p" || missing+=("$p")
 	done
+	if ((KERNEL_BUILD)); then
+		for p in "${KERNEL_PKGS[@]}"; do
+			pkg_installed "$p" || missing+=("$p")
+		done
+	fi
 fi
 
 if ((${#missing[@]} == 0)); then
@@ -75,9 +101,12 @@ if [[ "$codename" == other ]]; then
 	cat >&2 <<EOF
 deps: this script installs packages on Debian 12 and 13 only. Install by hand:
   - QEMU >= ${QEMU_MIN_MAJOR}.${QEMU_MIN_MINOR} (qemu-system-x86_64; >= 10.2 for the generic carrier)
-  - a static busybox at /bin/busybox, cpio, gcc, make, static libc, kmod (depmod)
+  - a static busybox at /bin/busybox, cpio, gcc, make, static libc, kmod (depmod),
+    python3 (make matrix, make mutants)
   - for the guest kernels: apt-get, dpkg-deb and Debian's archive keyring
     (scripts/kernel-cache.sh), or pass your own --kernel/--headers to amdvi-run
+  - for make kernel and make mutants: flex, bison, bc, libelf (headers),
+    ccache and xz
 EOF
 	exit 1
 fi
@@ -102,6 +131,8 @@ if ((EUID != 0)); then
 			echo "  apt-get update"
 			echo "  DEBIAN_FRONTEND=noninteractive apt-get ${APT_OPTS[*]} install ${BASE_PKGS[*]}"
 			echo "  DEBIAN_FRONTEND=noninteractive apt-get ${APT_OPTS[*]} install -t $BACKPORTS qemu-system-x86"
+			((KERNEL_BUILD)) &&
+				echo "  DEBIAN_FRONTEND=noninteractive apt-get ${APT_OPTS[*]} install -t $BACKPORTS ${KERNEL_PKGS[*]}"
 		} >&2
 		exit 1
 	fi
@@ -134,6 +165,19 @@ if ! qemu_ok || [[ "$codename" == trixie && "$(qemu_version)" == "10 "[01] ]]; t
 	log "installing qemu-system-x86 from $BACKPORTS"
 	apt_get install -t "$BACKPORTS" qemu-system-x86
 	qemu_ok || die "qemu-system-x86_64 is still older than ${QEMU_MIN_MAJOR}.${QEMU_MIN_MINOR}"
+fi
+
+# After QEMU, and from backports where they exist there: the backported QEMU
+# pulls in a newer libelf1, and stable's libelf-dev pins the older one.
+if ((KERNEL_BUILD)); then
+	to_install=()
+	for p in "${KERNEL_PKGS[@]}"; do
+		pkg_installed "$p" || to_install+=("$p")
+	done
+	if ((${#to_install[@]})); then
+		log "installing for the kernel build: ${to_install[*]}"
+		apt_get install -t "$BACKPORTS" "${to_install[@]}"
+	fi
 fi
 log "qemu: $(qemu-system-x86_64 -version | head -n 1)"
 log "all host dependencies present (guest kernels: scripts/kernel-cache.sh)"

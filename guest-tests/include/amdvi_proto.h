@@ -159,10 +159,13 @@ struct amdvi_endpoint_resp {
 #define AMDVI_ATS_ADDR_MASK		0xfffffffffffff000ULL
 
 /* STREAM_START (5), STREAM_STOP (6) */
+#define AMDVI_STREAM_MODE_RANGE		0	/* walk [va, va + len) in stride steps */
+#define AMDVI_STREAM_MODE_FOLLOW	1	/* sample what the PASID maps now */
+
 struct amdvi_stream_start {
 	__le16 devid;
 	__u8 flags;
-	__u8 reserved;
+	__u8 mode;			/* AMDVI_STREAM_MODE_* */
 	__le32 pasid;
 	__le64 va;
 	__le64 len;

@@ -61,6 +61,23 @@ struct amdvi_ioc_bind {
 	__u32 reserved;
 };
 
+/*
+ * BIND_PID: the mm of another process, given by a pidfd (pidfd_open(2)), to
+ * a new PASID.  The caller must be that process's ptracer (PTRACE_TRACEME,
+ * PTRACE_ATTACH or PTRACE_SEIZE): the kernel checked the ptrace access
+ * rights (PTRACE_MODE_ATTACH_REALCREDS) when it attached, and
+ * ptrace_may_access() is not exported to modules.  The bond belongs to the
+ * caller's file like a BIND; it is torn down when the bound mm goes away
+ * (the process exits or execs: mmu_notifier release), and the PASID stays
+ * allocated until UNBIND or close.
+ */
+struct amdvi_ioc_bind_pid {
+	__s32 pidfd;			/* in */
+	__u32 endpoint_mask;		/* in: bit i = endpoint index i; 0 = all */
+	__u32 flags;			/* in: 0 */
+	__u32 pasid;			/* out */
+};
+
 struct amdvi_ioc_unbind {
 	__u32 pasid;
 	__u32 flags;			/* 0 */
@@ -92,7 +109,16 @@ struct amdvi_ioc_access {
 	__u64 ats;			/* out: ATS completion entry */
 };
 
-/* STREAM_START / STREAM_STOP / STREAM_STATUS */
+/*
+ * STREAM_START / STREAM_STOP / STREAM_STATUS
+ *
+ * stream_start.flags may carry AMDVI_STREAM_FOLLOW besides AMDVI_ACC_*: the
+ * stream then follows the PASID's address space (docs/protocol.md, mode
+ * FOLLOW): each access goes to a random address the PASID maps now; va and
+ * len are a window (len 0: everything), stride is ignored.
+ */
+#define AMDVI_STREAM_FOLLOW	(1U << 7)
+
 struct amdvi_ioc_stream_start {
 	__u32 endpoint;
 	__u32 pasid;
@@ -354,5 +380,6 @@ struct amdvi_ioc_dte_ats {
 #define AMDVI_IOC_EVENTS	_IOR(AMDVI_IOC_TYPE, 0x1f, struct amdvi_ioc_events)
 #define AMDVI_IOC_RAW_CMDS	_IOWR(AMDVI_IOC_TYPE, 0x20, struct amdvi_ioc_raw_cmds)
 #define AMDVI_IOC_DTE_ATS	_IOW(AMDVI_IOC_TYPE, 0x21, struct amdvi_ioc_dte_ats)
+#define AMDVI_IOC_BIND_PID	_IOWR(AMDVI_IOC_TYPE, 0x22, struct amdvi_ioc_bind_pid)
 
 #endif /* AMDVI_UAPI_H */

@@ -241,6 +241,19 @@ struct amdvi_req {
 
 /* amdvi_main.c */
 extern int amdvi_notifier_mask;
+
+/* Planted driver invalidation bugs (module parameter inv_bug). */
+enum amdvi_inv_bug {
+	AMDVI_INV_BUG_NONE,
+	AMDVI_INV_BUG_NO_WAIT,
+	AMDVI_INV_BUG_IOMMU_ONLY,
+	AMDVI_INV_BUG_ATC_ONLY,
+	AMDVI_INV_BUG_ALL_ENCODING,
+	AMDVI_INV_BUG_FIRST_PAGE,
+};
+
+extern enum amdvi_inv_bug amdvi_inv_bug_mode;
+int amdvi_parse_inv_bug(void);
 struct amdvi_req *amdvi_req_alloc(u32 type, size_t body_len, size_t rbody_len,
 				  size_t data_len, bool data_in, gfp_t gfp);
 void amdvi_req_put(struct amdvi_req *req);

@@ -6,11 +6,18 @@
  * and its private page table (amdvi_pt.c); closing the file unbinds, stops
  * and frees them.
  */
+#include <linux/file.h>
 #include <linux/fs.h>
+#include <linux/magic.h>
 #include <linux/miscdevice.h>
+#include <linux/pid.h>
+#include <linux/ptrace.h>
 #include <linux/sched.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/task.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/version.h>
 
 #include "amdvi.h"
 
@@ -156,7 +163,8 @@ static int amdvi_ioc_stream_start(struct amdvi_file *af, void __user *arg)
 
 	if (copy_from_user(&u, arg, sizeof(u)))
 		return -EFAULT;
-	if (u.endpoint >= ad->num_ep || u.flags & ~AMDVI_EP_F_MASK)
+	if (u.endpoint >= ad->num_ep ||
+	    u.flags & ~(AMDVI_EP_F_MASK | AMDVI_STREAM_FOLLOW))
 		return -EINVAL;
 	st = kzalloc(sizeof(*st), GFP_KERNEL);
 	req = amdvi_req_alloc(AMDVI_REQ_STREAM_START, sizeof(*ss),
@@ -170,7 +178,9 @@ static int amdvi_ioc_stream_start(struct amdvi_file *af, void __user *arg)
 	}
 	ss = req->body;
 	ss->devid = cpu_to_le16(ad->ep[u.endpoint].devid);
-	ss->flags = u.flags;
+	ss->flags = u.flags & AMDVI_EP_F_MASK;
+	ss->mode = (u.flags & AMDVI_STREAM_FOLLOW) ? AMDVI_STREAM_MODE_FOLLOW :
+						     AMDVI_STREAM_MODE_RANGE;
 	ss->pasid = cpu_to_le32(u.pasid);
 	ss->va = cpu_to_le64(u.va);
 	ss->len = cpu_to_le64(u.len);
@@ -596,6 +606,101 @@ static int amdvi_ioc_bind(struct amdvi_file *af, void __user *arg)
 	return 0;
 }
 
+/*
+ * The struct pid of a pidfd.  pidfd_pid() is not exported; a pidfd is a
+ * pidfs file since 6.9 (the pid in i_private) and an anonymous-inode file
+ * named "[pidfd]" before (the pid in private_data).
+ */
+static struct pid *amdvi_pidfd_pid(struct file *file)
+{
+	struct inode *inode = file_inode(file);
+
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 9, 0)
+	if (inode->i_sb->s_magic == PID_FS_MAGIC)
+		return inode->i_private;
+#else
+	if (inode->i_sb->s_magic == ANON_INODE_FS_MAGIC &&
+	    !strcmp(file->f_path.dentry->d_name.name, "[pidfd]"))
+		return file->private_data;
+#endif
+	return ERR_PTR(-EBADF);
+}
+
+/*
+ * The task of a pidfd, if the caller traces it.  ptrace_may_access() is not
+ * exported; being the tracer means the kernel already made that check
+ * (PTRACE_MODE_ATTACH_REALCREDS at PTRACE_ATTACH/SEIZE, the parent's
+ * relation and the LSM hook at PTRACE_TRACEME).
+ */
+static struct task_struct *amdvi_traced_task(int pidfd)
+{
+	struct task_struct *task, *tracer;
+	struct file *file;
+	struct pid *pid;
+	bool ok;
+
+	file = fget(pidfd);
+	if (!file)
+		return ERR_PTR(-EBADF);
+	pid = amdvi_pidfd_pid(file);
+	task = IS_ERR(pid) ? ERR_CAST(pid) : get_pid_task(pid, PIDTYPE_PID);
+	fput(file);
+	if (IS_ERR(task))
+		return task;
+	if (!task)
+		return ERR_PTR(-ESRCH);
+	rcu_read_lock();
+	tracer = ptrace_parent(task);
+	ok = tracer == current;
+	rcu_read_unlock();
+	if (!ok) {
+		put_task_struct(task);
+		return ERR_PTR(-EPERM);
+	}
+	return task;
+}
+
+static int amdvi_ioc_bind_pid(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_ioc_bind_pid u;
+	struct amdvi_file_bond *fb;
+	struct task_struct *task;
+	struct amdvi_bond *bond;
+	struct mm_struct *mm;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	if (u.flags)
+		return -EINVAL;
+	task = amdvi_traced_task(u.pidfd);
+	if (IS_ERR(task))
+		return PTR_ERR(task);
+	mm = get_task_mm(task);		/* NULL for kernel threads, exited tasks */
+	put_task_struct(task);
+	if (!mm)
+		return -ESRCH;
+	fb = kzalloc(sizeof(*fb), GFP_KERNEL);
+	if (!fb) {
+		mmput(mm);
+		return -ENOMEM;
+	}
+	bond = amdvi_bind(af->ad, mm, u.endpoint_mask);
+	/* the bond holds mm_count only: exit and exec still release the mm */
+	mmput(mm);
+	if (IS_ERR(bond)) {
+		kfree(fb);
+		return PTR_ERR(bond);
+	}
+	fb->bond = bond;
+	mutex_lock(&af->lock);
+	list_add_tail(&fb->node, &af->bonds);
+	mutex_unlock(&af->lock);
+	u.pasid = amdvi_bond_pasid(bond);
+	if (copy_to_user(arg, &u, sizeof(u)))
+		return -EFAULT;		/* stays bound until close */
+	return 0;
+}
+
 static int amdvi_ioc_unbind(struct amdvi_file *af, void __user *arg)
 {
 	struct amdvi_file_bond *fb, *found = NULL;
@@ -631,6 +736,8 @@ static long amdvi_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		return amdvi_ioc_info(af, uarg);
 	case AMDVI_IOC_BIND:
 		return amdvi_ioc_bind(af, uarg);
+	case AMDVI_IOC_BIND_PID:
+		return amdvi_ioc_bind_pid(af, uarg);
 	case AMDVI_IOC_UNBIND:
 		return amdvi_ioc_unbind(af, uarg);
 	case AMDVI_IOC_ACCESS:

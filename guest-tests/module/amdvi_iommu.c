@@ -53,6 +53,46 @@ static void build_inv_all(struct amdvi_cmd *cmd)
 }
 
 /*
+ * Planted driver bugs for the fault matrix (docs/fault-injection.md):
+ * inv_bug=none (default) | no_wait (no COMPLETION_WAIT: the commands are
+ * posted and not waited for) | iommu_only (no INVALIDATE_IOTLB_PAGES, the
+ * ATC is never flushed) | atc_only (no INVALIDATE_IOMMU_PAGES) |
+ * all_encoding (the flush-all range 0..~0 encoded as the single page 0) |
+ * first_page (a ranged flush names only its first page, S=0).
+ */
+static char *inv_bug = "none";
+module_param(inv_bug, charp, 0444);
+MODULE_PARM_DESC(inv_bug,
+		 "planted invalidation bug: none|no_wait|iommu_only|atc_only|all_encoding|first_page");
+
+enum amdvi_inv_bug amdvi_inv_bug_mode = AMDVI_INV_BUG_NONE;
+
+int amdvi_parse_inv_bug(void)
+{
+	static const char * const names[] = {
+		[AMDVI_INV_BUG_NONE] = "none",
+		[AMDVI_INV_BUG_NO_WAIT] = "no_wait",
+		[AMDVI_INV_BUG_IOMMU_ONLY] = "iommu_only",
+		[AMDVI_INV_BUG_ATC_ONLY] = "atc_only",
+		[AMDVI_INV_BUG_ALL_ENCODING] = "all_encoding",
+		[AMDVI_INV_BUG_FIRST_PAGE] = "first_page",
+	};
+	int i;
+
+	for (i = 0; i < ARRAY_SIZE(names); i++) {
+		if (sysfs_streq(inv_bug ? inv_bug : "none", names[i])) {
+			amdvi_inv_bug_mode = i;
+			if (i != AMDVI_INV_BUG_NONE)
+				pr_warn("amdvi_test: planted driver bug inv_bug=%s\n",
+					names[i]);
+			return 0;
+		}
+	}
+	pr_err("amdvi_test: invalid inv_bug '%s'\n", inv_bug);
+	return -EINVAL;
+}
+
+/*
  * §4.2: address covering [start, end) in the "S" encoding, computed as
  * Linux's build_inv_address(): one page -> S=0; otherwise set every bit
  * below the most significant bit in which start and end-1 differ.
@@ -61,6 +101,12 @@ static u64 amdvi_inv_address(unsigned long start, unsigned long end, bool *s)
 {
 	u64 last, msb;
 
+	/* planted: 0..~0 taken as one page (the size end - start + 1 wraps) */
+	if (amdvi_inv_bug_mode == AMDVI_INV_BUG_ALL_ENCODING &&
+	    start == 0 && end == ULONG_MAX) {
+		*s = false;
+		return 0;
+	}
 	if (end <= start)		/* empty or wrapped: flush everything */
 		goto all;
 	last = (u64)end - 1;
@@ -264,6 +310,27 @@ timeout:
 	return -ETIMEDOUT;
 }
 
+/*
+ * Planted bug inv_bug=no_wait: post @cmds without a COMPLETION_WAIT and
+ * return at once; the invalidations run whenever the device gets to them.
+ */
+static int amdvi_cmds_post(struct amdvi_dev *ad, const struct amdvi_cmd *cmds,
+			   unsigned int n, bool atomic)
+{
+	gfp_t gfp = atomic ? GFP_ATOMIC : GFP_KERNEL;
+	struct amdvi_req *req;
+	int ret;
+
+	req = amdvi_cmds_req(cmds, n, 0, gfp);
+	if (!req)
+		return -ENOMEM;
+	amdvi_count(ad, AMDVI_MC_CMD_BATCHES);
+	amdvi_count_add(ad, AMDVI_MC_CMDS, n);
+	ret = amdvi_req_submit(ad, req, gfp);
+	amdvi_req_put(req);
+	return ret;
+}
+
 /* Send @cmds without a COMPLETION_WAIT; wait for the response. */
 static int amdvi_cmds_send(struct amdvi_dev *ad, const struct amdvi_cmd *cmds,
 			   unsigned int n)
@@ -334,21 +401,32 @@ int amdvi_cmds_raw(struct amdvi_dev *ad, const struct amdvi_cmd *cmds,
 int amdvi_flush_pasid(struct amdvi_dev *ad, u32 ep_mask, u32 pasid,
 		      unsigned long start, unsigned long end, bool atomic)
 {
+	enum amdvi_inv_bug bug = amdvi_inv_bug_mode;
 	struct amdvi_cmd cmds[2 * AMDVI_MAX_ENDPOINTS];
 	unsigned int i, n = 0;
 	bool s;
 	u64 addr = amdvi_inv_address(start, end, &s);
 
+	/* planted: a ranged flush names only its first page */
+	if (bug == AMDVI_INV_BUG_FIRST_PAGE && s &&
+	    addr != CMD_INV_ALL_PAGES_ADDR) {
+		addr = start & PAGE_MASK;
+		s = false;
+	}
 	for (i = 0; i < ad->num_ep; i++) {
 		if (!(ep_mask & BIT(i)))
 			continue;
-		build_inv_iommu_pages(&cmds[n++], ad->ep[i].domid, pasid,
-				      addr, s);
-		build_inv_iotlb_pages(&cmds[n++], ad->ep[i].devid, pasid,
-				      addr, s);
+		if (bug != AMDVI_INV_BUG_ATC_ONLY)
+			build_inv_iommu_pages(&cmds[n++], ad->ep[i].domid,
+					      pasid, addr, s);
+		if (bug != AMDVI_INV_BUG_IOMMU_ONLY)
+			build_inv_iotlb_pages(&cmds[n++], ad->ep[i].devid,
+					      pasid, addr, s);
 	}
 	if (!n)
 		return 0;
+	if (bug == AMDVI_INV_BUG_NO_WAIT)
+		return amdvi_cmds_post(ad, cmds, n, atomic);
 	return amdvi_cmds_sync(ad, cmds, n, atomic);
 }
 

@@ -586,6 +586,8 @@ static int __init amdvi_init(void)
 		return mask;
 	}
 	amdvi_notifier_mask = mask;
+	if (amdvi_parse_inv_bug())
+		return -EINVAL;
 	pr_info("notifier_mode=%s (secondary=%d start=%d end=%d)\n",
 		notifier_mode, !!(mask & AMDVI_NOTIFIER_SECONDARY),
 		!!(mask & AMDVI_NOTIFIER_START), !!(mask & AMDVI_NOTIFIER_END));

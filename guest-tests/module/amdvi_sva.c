@@ -52,6 +52,7 @@ static void amdvi_bond_put(struct amdvi_bond *bond)
 		return;
 	ida_free(&ad->pasid_ida, bond->pasid);
 	atomic64_dec(&ad->ctr[AMDVI_MC_BONDS_ACTIVE]);
+	mmdrop(bond->mm);
 	kfree(bond);
 }
 
@@ -237,6 +238,13 @@ struct amdvi_bond *amdvi_bind(struct amdvi_dev *ad, struct mm_struct *mm,
 	}
 	bond->pasid = ret;
 	bond->ad = ad;
+	/*
+	 * mm_count, not mm_users: the struct stays valid for unbind and the
+	 * PPR workers until the last bond reference, while exit and exec still
+	 * tear the address space down (->release).  The mm may be another
+	 * process's (BIND_PID).
+	 */
+	mmgrab(mm);
 	bond->mm = mm;
 	bond->ep_mask = ep_mask;
 	refcount_set(&bond->ref, 1);
@@ -351,13 +359,21 @@ retry:
 	if (ret & VM_FAULT_COMPLETED)
 		return 0;		/* lock already released */
 	if (ret & VM_FAULT_RETRY) {	/* lock already released */
-		if (++tries > 8)
+		if (++tries > 8) {
+			pr_warn_ratelimited("amdvi: page request at %#llx flags %#x: still VM_FAULT_RETRY after %u tries\n",
+					    addr, flags, tries);
 			return -EAGAIN;
+		}
 		fflags |= FAULT_FLAG_TRIED;
 		goto retry;
 	}
 	mmap_read_unlock(mm);
-	return (ret & VM_FAULT_ERROR) ? -EFAULT : 0;
+	if (ret & VM_FAULT_ERROR) {
+		pr_warn_ratelimited("amdvi: page request at %#llx flags %#x: handle_mm_fault returned %#x\n",
+				    addr, flags, (unsigned int)ret);
+		return -EFAULT;
+	}
+	return 0;
 }
 
 static void amdvi_prg_work(struct work_struct *work)

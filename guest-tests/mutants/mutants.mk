@@ -17,16 +17,20 @@ MUTANTS ?=
 MUTANTS_CI ?= wp-page-copy-set-before-flush x86-ranged-flush-no-secondary \
 	mprotect-wrprotect-no-flush fork-wrprotect-local-flush
 
-.PHONY: kernel run-kernel mutants mutants-ci
+.PHONY: kernel kernel-deps run-kernel mutants mutants-ci
 
-kernel:
+# What the kernel build needs on the host (flex, bison, libelf, ccache, ...).
+kernel-deps:
+	scripts/deps.sh --kernel-build
+
+kernel: kernel-deps
 	guest-tests/kernel/build.sh all
 
-run-kernel: kernel vm-bins
+run-kernel: deps kernel vm-bins
 	$(AMDVI_RUN) --kernel $(KERNEL_IMAGE) --headers $(KERNEL_TREE) $(ARGS)
 
-mutants: kernel vm-bins
+mutants: deps kernel vm-bins
 	guest-tests/mutants/matrix.sh $(MUTANTS)
 
-mutants-ci: kernel vm-bins
+mutants-ci: deps kernel vm-bins
 	guest-tests/mutants/matrix.sh $(MUTANTS_CI)

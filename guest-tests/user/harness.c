@@ -8,7 +8,10 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "amdvi_lib.h"
@@ -48,6 +51,33 @@ void fail(struct ctx *c, const char *fmt, ...)
 	c->failed = true;
 }
 
+static void cmp_value(char *buf, size_t len, bool is_signed,
+		      unsigned long long v)
+{
+	long long sv = (long long)v;
+
+	if (is_signed && sv < 0 && sv > -65536)
+		snprintf(buf, len, "%lld", sv);
+	else if (is_signed && sv < 0)
+		snprintf(buf, len, "%lld (%#llx)", sv, v);
+	else if (v < 65536)
+		snprintf(buf, len, "%llu", v);
+	else
+		snprintf(buf, len, "%llu (%#llx)", v, v);
+}
+
+void cmp_fail(struct ctx *c, const char *func, int line, const char *a,
+	      const char *op, const char *b, bool is_signed,
+	      unsigned long long va, unsigned long long vb)
+{
+	char sa[64], sb[64];
+
+	cmp_value(sa, sizeof(sa), is_signed, va);
+	cmp_value(sb, sizeof(sb), is_signed, vb);
+	fail(c, "%s:%d: Expected %s (%s) %s %s (%s)", func, line, a, sa, op,
+	     b, sb);
+}
+
 void skip(struct ctx *c, const char *fmt, ...)
 {
 	va_list ap;
@@ -61,12 +91,15 @@ void skip(struct ctx *c, const char *fmt, ...)
 static void usage(const char *prog)
 {
 	fprintf(stderr,
-		"usage: %s [-l] [-f GLOB] [-r N] [-R RATE]\n"
+		"usage: %s [-l] [-f GLOB] [-x NAME] [-r N] [-R RATE] [-t SECS]\n"
 		"  -l, --list          list scenarios\n"
 		"  -f, --filter GLOB   run only scenarios matching GLOB (may repeat)\n"
 		"  -r, --repeat N      repeats of race scenarios (KTAP subtests)\n"
-		"  -R, --rate RATE     device stream rate in accesses/s (0 = unthrottled)\n",
-		prog);
+		"  -R, --rate RATE     device stream rate in accesses/s (0 = unthrottled)\n"
+		"  -t, --timeout SECS  per-scenario timeout (per repeat; default %d)\n"
+		"  -x, --extra NAME    also run the hidden harness control NAME\n"
+		"                      (crash_selftest, hang_selftest)\n",
+		prog, DEFAULT_TIMEOUT_S);
 }
 
 /* Open the device and bind; false (with a failure) when impossible. */
@@ -193,29 +226,50 @@ static void print_result(struct ctx *c, const char *indent, unsigned int n,
 	fflush(stdout);
 }
 
-/* Returns 0 pass, 1 fail, 4 skip. */
-static int run_scenario(const struct scenario *sc, unsigned int n,
-			int repeats, uint64_t rate)
+/* One run of the scenario function, then the findings it left. */
+static void run_once(struct ctx *c)
 {
-	struct ctx c = { .sc = sc, .fd = -1, .indent = "", .rate = rate };
-	uint64_t t0 = now_ms(), r[4];
-	int nrep = 1;
+	uint64_t r[4];
 
-	if (sc->flags & SC_RACE)
-		nrep = repeats > 0 ? repeats :
-		       (sc->min_repeats ? (int)sc->min_repeats : 1);
+	run_fn(c, r);
+	for (int k = 0; k < 4; k++)
+		c->r[k] += r[k];
+}
 
-	if (fixture_setup(&c)) {
+/* Fold the counters of repeat @s into the scenario's @c. */
+static void add_repeat(struct ctx *c, const struct ctx *s)
+{
+	c->failed |= s->failed;
+	if (s->skipped) {
+		c->skipped = true;
+		memcpy(c->skip_reason, s->skip_reason, sizeof(c->skip_reason));
+	}
+	c->accesses += s->accesses;
+	c->stale += s->stale;
+	c->freed += s->freed;
+	for (int k = 0; k < 4; k++)
+		c->r[k] += s->r[k];
+}
+
+/*
+ * The scenario's child: its own fixture (open + BIND of this mm), the
+ * scenario once or as KTAP subtests, the fixture closed (unbinds).  @c lives
+ * in memory shared with the parent, which reads it however the child ends.
+ */
+static void __attribute__((noreturn)) scenario_child(struct ctx *c, int nrep)
+{
+	const struct scenario *sc = c->sc;
+
+	setpgid(0, 0);		/* a timeout kills our helpers with us */
+	if (fixture_setup(c)) {
 		if (nrep == 1) {
-			run_fn(&c, r);
-			for (int i = 0; i < 4; i++)
-				c.r[i] += r[i];
+			run_once(c);
 		} else {
 			printf("  KTAP version 1\n  # Subtest: %s\n  1..%d\n",
 			       sc->name, nrep);
-			c.nrepeats = nrep;
-			for (int i = 1; i <= nrep && !c.skipped; i++) {
-				struct ctx s = c;
+			c->nrepeats = nrep;
+			for (int i = 1; i <= nrep && !c->skipped; i++) {
+				struct ctx s = *c;
 				char name[96];
 				uint64_t t1 = now_ms();
 
@@ -224,30 +278,120 @@ static int run_scenario(const struct scenario *sc, unsigned int n,
 				s.failed = false;
 				s.accesses = s.stale = s.freed = 0;
 				memset(s.r, 0, sizeof(s.r));
-				run_fn(&s, r);
-				for (int k = 0; k < 4; k++)
-					s.r[k] += r[k];
+				run_once(&s);
 				snprintf(name, sizeof(name), "%s.%d", sc->name,
 					 i);
 				print_result(&s, "  ", i, name, now_ms() - t1);
-				c.failed |= s.failed;
-				if (s.skipped) {
-					c.skipped = true;
-					memcpy(c.skip_reason, s.skip_reason,
-					       sizeof(c.skip_reason));
-				}
-				c.accesses += s.accesses;
-				c.stale += s.stale;
-				c.freed += s.freed;
-				for (int k = 0; k < 4; k++)
-					c.r[k] += s.r[k];
+				add_repeat(c, &s);
+				c->repeat = i;	/* subtests reported */
 			}
 		}
 	}
-	if (c.fd >= 0)
-		close(c.fd);		/* unbinds the fixture PASID */
-	print_result(&c, "", n, sc->name, now_ms() - t0);
-	return c.failed ? 1 : c.skipped ? 4 : 0;
+	if (c->fd >= 0)
+		close(c->fd);		/* unbinds the fixture PASID */
+	c->finished = true;
+	fflush(stdout);
+	_exit(0);
+}
+
+/* Wait for @pid at most @ms; SIGKILL its process group after that. */
+static bool wait_child(pid_t pid, uint64_t ms, int *status)
+{
+	uint64_t t0 = now_ms();
+
+	for (;;) {
+		pid_t w = waitpid(pid, status, WNOHANG);
+
+		if (w == pid || (w < 0 && errno != EINTR))
+			return true;
+		if (now_ms() - t0 >= ms)
+			break;
+		msleep(10);
+	}
+	kill(-pid, SIGKILL);
+	kill(pid, SIGKILL);
+	waitpid(pid, status, 0);
+	return false;
+}
+
+/*
+ * A child that did not finish: say how it ended, and close its subtest
+ * block with the interrupted repeat failed and the rest skipped.
+ */
+static void child_lost(struct ctx *c, bool in_time, int status,
+		       unsigned int timeout_s)
+{
+	char why[96];
+
+	if (!in_time)
+		snprintf(why, sizeof(why), "timed out after %u s and was killed",
+			 timeout_s);
+	else if (WIFSIGNALED(status))
+		snprintf(why, sizeof(why), "killed by signal %d (%s)",
+			 WTERMSIG(status), strsignal(WTERMSIG(status)));
+	else
+		snprintf(why, sizeof(why), "exited with status %d before reporting",
+			 WIFEXITED(status) ? WEXITSTATUS(status) : status);
+	if (c->nrepeats > 1) {
+		for (int i = c->repeat + 1; i <= c->nrepeats; i++) {
+			struct ctx s = { .sc = c->sc, .failed = i == c->repeat + 1,
+					 .skipped = true };
+			char name[96];
+
+			snprintf(name, sizeof(name), "%s.%d", c->sc->name, i);
+			if (s.failed)
+				printf("  # %s: the scenario's child %s\n",
+				       name, why);
+			snprintf(s.skip_reason, sizeof(s.skip_reason),
+				 "the scenario's child ended in repeat %d",
+				 c->repeat + 1);
+			print_result(&s, "  ", i, name, 0);
+		}
+	}
+	c->indent = "";
+	fail(c, "%s: the scenario's child %s", c->sc->name, why);
+}
+
+/* Returns 0 pass, 1 fail, 4 skip. */
+static int run_scenario(const struct scenario *sc, unsigned int n,
+			int repeats, uint64_t rate, unsigned int timeout_s)
+{
+	struct ctx *c;
+	uint64_t t0 = now_ms();
+	int nrep = 1, status = 0, ret;
+	bool in_time;
+	pid_t pid;
+
+	if (sc->flags & SC_RACE)
+		nrep = repeats > 0 ? repeats :
+		       (sc->min_repeats ? (int)sc->min_repeats : 1);
+	if (sc->timeout_s)
+		timeout_s = sc->timeout_s;
+	timeout_s *= nrep;
+
+	c = mmap(NULL, sizeof(*c), PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (c == MAP_FAILED) {
+		perror("mmap of the scenario's shared state");
+		exit(2);
+	}
+	*c = (struct ctx){ .sc = sc, .fd = -1, .indent = "", .rate = rate };
+	fflush(stdout);
+	pid = fork();
+	if (!pid)
+		scenario_child(c, nrep);
+	if (pid < 0) {
+		fail(c, "%s: fork of the scenario's child: %s", sc->name,
+		     strerror(errno));
+	} else {
+		in_time = wait_child(pid, timeout_s * 1000ULL, &status);
+		if (!in_time || !c->finished)
+			child_lost(c, in_time, status, timeout_s);
+	}
+	print_result(c, "", n, sc->name, now_ms() - t0);
+	ret = c->failed ? 1 : c->skipped ? 4 : 0;
+	munmap(c, sizeof(*c));
+	return ret;
 }
 
 /* Module and device counters after the suite, as one diagnostic line. */
@@ -295,9 +439,10 @@ static void print_stats(void)
 
 int harness_main(int argc, char **argv)
 {
-	const char *filters[16];
-	unsigned int nfilters = 0, planned = 0, i, n = 0;
-	bool list = false, any_fail = false, any_pass = false;
+	const char *filters[16], *extras[16];
+	unsigned int nfilters = 0, nextras = 0, planned = 0, i, n = 0;
+	unsigned int timeout_s = DEFAULT_TIMEOUT_S, total[5] = { 0 };
+	bool list = false;
 	uint64_t rate = 20000;
 	int repeats = 0, opt;
 
@@ -306,11 +451,13 @@ int harness_main(int argc, char **argv)
 		{ "filter", required_argument, NULL, 'f' },
 		{ "repeat", required_argument, NULL, 'r' },
 		{ "rate", required_argument, NULL, 'R' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ "extra", required_argument, NULL, 'x' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 
-	while ((opt = getopt_long(argc, argv, "lf:r:R:h", longopts,
+	while ((opt = getopt_long(argc, argv, "lf:r:R:t:x:h", longopts,
 				  NULL)) != -1) {
 		switch (opt) {
 		case 'l':
@@ -326,6 +473,15 @@ int harness_main(int argc, char **argv)
 		case 'R':
 			rate = strtoull(optarg, NULL, 0);
 			break;
+		case 't':
+			timeout_s = strtoul(optarg, NULL, 0);
+			if (!timeout_s)
+				timeout_s = DEFAULT_TIMEOUT_S;
+			break;
+		case 'x':
+			if (nextras < 16)
+				extras[nextras++] = optarg;
+			break;
 		default:
 			usage(argv[0]);
 			return opt == 'h' ? 0 : 2;
@@ -339,6 +495,13 @@ int harness_main(int argc, char **argv)
 		for (unsigned int f = 0; f < nfilters; f++)
 			if (!fnmatch(filters[f], scenarios[i].name, 0))
 				selected[i] = true;
+		/* harness controls: only by name with -x, never by a glob */
+		if (scenarios[i].flags & SC_HIDDEN) {
+			selected[i] = false;
+			for (unsigned int x = 0; x < nextras; x++)
+				if (!strcmp(extras[x], scenarios[i].name))
+					selected[i] = true;
+		}
 		planned += selected[i];
 	}
 	if (list) {
@@ -356,12 +519,14 @@ int harness_main(int argc, char **argv)
 
 		if (!selected[i])
 			continue;
-		ret = run_scenario(&scenarios[i], ++n, repeats, rate);
-		any_fail |= ret == 1;
-		any_pass |= ret == 0;
+		ret = run_scenario(&scenarios[i], ++n, repeats, rate,
+				   timeout_s);
+		total[ret]++;
 	}
 	print_stats();
-	if (any_fail)
+	printf("# Totals: pass:%u fail:%u xfail:0 xpass:0 skip:%u error:0\n",
+	       total[0], total[1], total[4]);
+	if (total[1])
 		return 1;
-	return (any_pass || !planned) ? 0 : 4;
+	return (total[0] || !planned) ? 0 : 4;
 }

@@ -62,6 +62,13 @@ pub enum CommandError {
     Opcode(u8),
     #[error("reserved bits set: low {lo:#018x} high {hi:#018x}")]
     Reserved { lo: u64, hi: u64 },
+    /// COMPLETION_WAIT with S=1 whose store address is not guest RAM; the
+    /// IOMMU logs COMMAND_HARDWARE_ERROR (docs/amd-iommu.md, §4.4).
+    #[error("COMPLETION_WAIT store address {addr:#x} is outside guest RAM")]
+    StoreOutsideRam { addr: u64 },
+    /// A `command: fail` fault rule refused this command.
+    #[error("injected failure of the command with opcode {opcode:#x} (fault rule)")]
+    Injected { opcode: u8 },
 }
 
 const OPCODE_SHIFT: u32 = 60;

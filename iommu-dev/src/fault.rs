@@ -1,6 +1,8 @@
 //! Named fault-injection points. A rule at a point can drop, delay or fail the
-//! operation, filtered like Linux's fault-injection knobs (probability,
-//! interval, times, skip the first N as with fail-nth).
+//! operation, or at the invalidation points plant a device bug (defer it past
+//! its completion, narrow its range, apply it to another PASID), filtered like
+//! Linux's fault-injection knobs (probability, interval, times, skip the first
+//! N as with fail-nth). docs/fault-injection.md lists every point and action.
 
 use std::fmt;
 use std::str::FromStr;
@@ -8,54 +10,60 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
-/// Where a rule applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FaultPoint {
-    /// A page-table read by the walker (fail: PAGE_TAB_HARDWARE_ERROR).
-    WalkRead,
-    /// Filling the IOTLB after a walk (drop: not cached).
-    IotlbFill,
-    /// INVALIDATE_IOMMU_PAGES / _ALL on the IOTLB and walk cache (drop: nothing removed).
-    IotlbInvalidate,
-    /// INVALIDATE_DEVTAB_ENTRY (drop: the cached DTE stays).
-    DteInvalidate,
-    /// Any command before it executes (drop: skipped; fail: illegal).
-    Command,
-    /// An endpoint storing a completion in its ATC (drop: not cached).
-    AtcFill,
-    /// INVALIDATE_IOTLB_PAGES reaching an endpoint's ATC (drop: ignored and
-    /// completed anyway, a broken device; fail: no completion, IOTLB_INV_TIMEOUT).
-    AtcInvalidate,
-    /// A PRI page request leaving the endpoint (drop: lost).
-    PriRequest,
-    /// A PRG response reaching the endpoint (drop: lost).
-    PriResponse,
+crate::named_enum! {
+    /// Where a rule applies.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum FaultPoint {
+        /// A page-table read by the walker (fail: PAGE_TAB_HARDWARE_ERROR).
+        WalkRead => "walk_read",
+        /// Filling the IOTLB after a walk (drop: not cached).
+        IotlbFill => "iotlb_fill",
+        /// INVALIDATE_IOMMU_PAGES / _ALL on the IOTLB and walk cache (drop: nothing
+        /// removed; defer, narrow, other_pasid: see [`FaultAction`]).
+        IotlbInvalidate => "iotlb_invalidate",
+        /// The walk-cache part of INVALIDATE_IOMMU_PAGES with PDE=1 (drop: the
+        /// walk cache keeps the upper-level entries; the IOTLB is still flushed).
+        PwcInvalidate => "pwc_invalidate",
+        /// INVALIDATE_DEVTAB_ENTRY (drop: the cached DTE stays).
+        DteInvalidate => "dte_invalidate",
+        /// Any command before it executes (drop: skipped; fail: illegal).
+        Command => "command",
+        /// An endpoint storing a completion in its ATC (drop: not cached).
+        AtcFill => "atc_fill",
+        /// INVALIDATE_IOTLB_PAGES reaching an endpoint's ATC (drop: ignored and
+        /// completed anyway, a broken device; fail: no completion, IOTLB_INV_TIMEOUT).
+        AtcInvalidate => "atc_invalidate",
+        /// A PRI page request leaving the endpoint (drop: lost).
+        PriRequest => "pri_request",
+        /// A PRG response reaching the endpoint (drop: lost).
+        PriResponse => "pri_response",
+        /// COMPLETION_WAIT (defer: the wait stores and completes although the
+        /// invalidations ahead of it in the batch take effect only afterwards).
+        CompletionWait => "completion_wait",
+    }
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 9] = [
-        FaultPoint::WalkRead,
-        FaultPoint::IotlbFill,
-        FaultPoint::IotlbInvalidate,
-        FaultPoint::DteInvalidate,
-        FaultPoint::Command,
-        FaultPoint::AtcFill,
-        FaultPoint::AtcInvalidate,
-        FaultPoint::PriRequest,
-        FaultPoint::PriResponse,
-    ];
-
-    pub fn name(&self) -> &'static str {
+    /// The actions that mean something at this point (others would be
+    /// silently ignored, so a config naming one is an error).
+    pub fn actions(&self) -> &'static [&'static str] {
+        // `fail` where the operation has no failure of its own is as `drop`.
         match self {
-            FaultPoint::WalkRead => "walk_read",
-            FaultPoint::IotlbFill => "iotlb_fill",
-            FaultPoint::IotlbInvalidate => "iotlb_invalidate",
-            FaultPoint::DteInvalidate => "dte_invalidate",
-            FaultPoint::Command => "command",
-            FaultPoint::AtcFill => "atc_fill",
-            FaultPoint::AtcInvalidate => "atc_invalidate",
-            FaultPoint::PriRequest => "pri_request",
-            FaultPoint::PriResponse => "pri_response",
+            FaultPoint::IotlbInvalidate => {
+                &["drop", "fail", "delay", "defer", "narrow", "other_pasid"]
+            }
+            FaultPoint::AtcInvalidate => {
+                &["drop", "delay", "fail", "defer", "narrow", "other_pasid"]
+            }
+            FaultPoint::CompletionWait => &["defer", "delay"],
+            FaultPoint::PwcInvalidate
+            | FaultPoint::DteInvalidate
+            | FaultPoint::IotlbFill
+            | FaultPoint::AtcFill
+            | FaultPoint::PriResponse => &["drop", "fail", "delay"],
+            FaultPoint::WalkRead => &["fail", "delay"],
+            FaultPoint::Command => &["drop", "fail", "delay"],
+            FaultPoint::PriRequest => &["drop", "delay"],
         }
     }
 }
@@ -82,6 +90,69 @@ pub enum FaultAction {
     Drop,
     Delay(Duration),
     Fail,
+    /// The invalidation is applied only after the batch it came in has
+    /// completed (its COMPLETION_WAIT already stored): at the start of the
+    /// next COMMANDS batch. At `completion_wait`, every IOMMU and ATC
+    /// invalidation since the previous wait is deferred so.
+    Defer,
+    /// An S=1 range decoded one size too small: the lower half of the
+    /// range is invalidated (§4.2). A single page (S=0) is unaffected.
+    Narrow,
+    /// The invalidation is applied to PASID ^ 1 instead of its own.
+    OtherPasid,
+}
+
+impl FaultAction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            FaultAction::Drop => "drop",
+            FaultAction::Delay(_) => "delay",
+            FaultAction::Fail => "fail",
+            FaultAction::Defer => "defer",
+            FaultAction::Narrow => "narrow",
+            FaultAction::OtherPasid => "other_pasid",
+        }
+    }
+
+    /// Parse an action name; `delay` needs `delay_us`.
+    pub fn parse(name: &str, delay_us: Option<u64>) -> Result<Self, FaultError> {
+        let a = match (name, delay_us) {
+            ("delay", Some(us)) if us <= 60_000_000 => {
+                return Ok(FaultAction::Delay(Duration::from_micros(us)))
+            }
+            ("delay", Some(_)) => return Err(FaultError::DelayTooLong),
+            ("delay", None) => return Err(FaultError::DelayMissing),
+            ("drop", _) => FaultAction::Drop,
+            ("fail", _) => FaultAction::Fail,
+            ("defer", _) => FaultAction::Defer,
+            ("narrow", _) => FaultAction::Narrow,
+            ("other_pasid", _) => FaultAction::OtherPasid,
+            (other, _) => return Err(FaultError::UnknownAction(other.to_string())),
+        };
+        if delay_us.is_some() {
+            return Err(FaultError::DelayNotAllowed);
+        }
+        Ok(a)
+    }
+}
+
+/// Why a fault rule is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultError {
+    #[error("unknown action '{0}' (expected drop, delay, fail, defer, narrow or other_pasid)")]
+    UnknownAction(String),
+    #[error("required with action = \"delay\"")]
+    DelayMissing,
+    #[error("only allowed with action = \"delay\"")]
+    DelayNotAllowed,
+    #[error("must be at most 60000000")]
+    DelayTooLong,
+    #[error("action '{action}' has no meaning at point '{point}' (allowed: {allowed})")]
+    NotAtPoint {
+        action: &'static str,
+        point: &'static str,
+        allowed: String,
+    },
 }
 
 /// A rule: point, action, and when it fires.
@@ -102,6 +173,19 @@ pub struct FaultRule {
 }
 
 impl FaultRule {
+    /// Whether the action means something at the point.
+    pub fn validate(&self) -> Result<(), FaultError> {
+        let allowed = self.point.actions();
+        if allowed.contains(&self.action.name()) {
+            return Ok(());
+        }
+        Err(FaultError::NotAtPoint {
+            action: self.action.name(),
+            point: self.point.name(),
+            allowed: allowed.join(", "),
+        })
+    }
+
     pub fn new(point: FaultPoint, action: FaultAction) -> Self {
         FaultRule {
             point,
@@ -119,9 +203,8 @@ impl FaultRule {
 impl fmt::Display for FaultRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let action = match self.action {
-            FaultAction::Drop => "drop".to_string(),
-            FaultAction::Fail => "fail".to_string(),
             FaultAction::Delay(d) => format!("delay {}us", d.as_micros()),
+            a => a.name().to_string(),
         };
         write!(
             f,
@@ -310,6 +393,45 @@ mod tests {
         assert!((800..1200).contains(&n), "{n} of 4000 at p=0.25");
         g.clear();
         assert_eq!(g.check(FaultPoint::IotlbFill, None, None), None);
+    }
+
+    #[test]
+    fn actions_parse_and_validate_per_point() {
+        for n in ["drop", "fail", "defer", "narrow", "other_pasid"] {
+            assert_eq!(FaultAction::parse(n, None).unwrap().name(), n);
+        }
+        assert_eq!(
+            FaultAction::parse("delay", Some(5)),
+            Ok(FaultAction::Delay(Duration::from_micros(5)))
+        );
+        assert_eq!(
+            FaultAction::parse("delay", None),
+            Err(FaultError::DelayMissing)
+        );
+        assert_eq!(
+            FaultAction::parse("drop", Some(1)),
+            Err(FaultError::DelayNotAllowed)
+        );
+        assert!(matches!(
+            FaultAction::parse("explode", None),
+            Err(FaultError::UnknownAction(_))
+        ));
+        let ok = FaultRule::new(FaultPoint::AtcInvalidate, FaultAction::Narrow);
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = FaultRule::new(FaultPoint::WalkRead, FaultAction::Narrow);
+        assert!(matches!(
+            bad.validate(),
+            Err(FaultError::NotAtPoint {
+                point: "walk_read",
+                ..
+            })
+        ));
+        assert!(
+            FaultRule::new(FaultPoint::CompletionWait, FaultAction::Drop)
+                .validate()
+                .is_err(),
+            "a dropped COMPLETION_WAIT would hang the driver, not model a device bug"
+        );
     }
 
     #[test]

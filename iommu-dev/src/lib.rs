@@ -22,6 +22,7 @@ pub mod event;
 pub mod fault;
 pub mod iommu;
 pub mod mem;
+mod names;
 pub mod oracle;
 pub mod pgtable;
 pub mod regs;
@@ -32,10 +33,10 @@ pub use ats::AtsCompletion;
 pub use command::{Command, CommandError};
 pub use dte::{Dte, DteInfo};
 pub use event::{Event, EventCode, Log, LogRecord, PprEntry};
-pub use fault::{FaultAction, FaultInjector, FaultPoint, FaultRule};
+pub use fault::{FaultAction, FaultError, FaultInjector, FaultPoint, FaultRule};
 pub use iommu::{
-    AccessError, AccessFlags, AccessReport, BatchResult, Iommu, IommuConfig, Port, TraceEvent,
-    Tracer,
+    AccessError, AccessFlags, AccessReport, BatchResult, Iommu, IommuConfig, PermissionMiss, Port,
+    TraceEvent, Tracer,
 };
 pub use mem::{Mem, MemError};
 pub use oracle::{Finding, Rule, Source};

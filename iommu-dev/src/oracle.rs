@@ -21,30 +21,20 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[repr(u32)]
-pub enum Rule {
-    /// R1: the current PTE maps a different page than the cached translation.
-    StalePage = 1,
-    /// R2: a write while the current PTE is not writable.
-    StaleWrite = 2,
-    /// R3: an access while the current PTE is not present.
-    AfterUnmap = 3,
-    /// R4: a write while the current leaf has D=0.
-    WriteWithoutDirty = 4,
-    /// Audit: a cached entry disagrees with the tables in memory.
-    Stale = 5,
-}
-
-impl Rule {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Rule::StalePage => "R1",
-            Rule::StaleWrite => "R2",
-            Rule::AfterUnmap => "R3",
-            Rule::WriteWithoutDirty => "R4",
-            Rule::Stale => "STALE",
-        }
+crate::named_enum! {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    #[repr(u32)]
+    pub enum Rule {
+        /// R1: the current PTE maps a different page than the cached translation.
+        StalePage = 1 => "R1",
+        /// R2: a write while the current PTE is not writable.
+        StaleWrite = 2 => "R2",
+        /// R3: an access while the current PTE is not present.
+        AfterUnmap = 3 => "R3",
+        /// R4: a write while the current leaf has D=0.
+        WriteWithoutDirty = 4 => "R4",
+        /// Audit: a cached entry disagrees with the tables in memory.
+        Stale = 5 => "STALE",
     }
 }
 

@@ -81,6 +81,19 @@ impl SRange {
         self.size_log2
     }
 
+    /// The range one S-encoded size smaller (its lower half), as a decoder
+    /// that counts the lowest clear bit one too low would produce; a single
+    /// page stays as it is. Only for the `narrow` fault action.
+    pub fn narrowed(&self) -> Self {
+        match self.size_log2 {
+            12 => *self,
+            n => SRange {
+                base: self.base,
+                size_log2: n - 1,
+            },
+        }
+    }
+
     pub fn is_everything(&self) -> bool {
         self.size_log2 >= 64
     }
@@ -141,6 +154,17 @@ mod tests {
         assert!(r.overlaps(0x7f00_0000_3000, 12) && !r.overlaps(0x7f00_0000_4000, 12));
         assert!(SRange::covering(0, u64::MAX).is_everything());
         assert!(SRange::covering(0, 1 << 52).is_everything());
+    }
+
+    #[test]
+    fn narrowed_is_the_lower_half() {
+        let r = SRange::aligned(0x20_0000, 21).narrowed();
+        assert_eq!((r.base, r.size_log2()), (0x20_0000, 20));
+        assert!(!r.overlaps(0x30_0000, 12));
+        let p = SRange::aligned(0x5000, 12);
+        assert_eq!(p.narrowed(), p);
+        let e = SRange::EVERYTHING.narrowed();
+        assert!(!e.is_everything() && e.overlaps(0, 12) && !e.overlaps(1 << 63, 12));
     }
 
     #[test]

@@ -706,7 +706,12 @@ fn illegal_command_stops_the_batch() {
         addr: 0xf_0000_0000,
         data: 1,
     }]);
-    assert!(r.illegal.is_some());
+    assert_eq!(
+        r.illegal.map(|i| i.2),
+        Some(CommandError::StoreOutsideRam {
+            addr: 0xf_0000_0000
+        })
+    );
     let _ = g.events();
 }
 
@@ -934,7 +939,14 @@ fn fault_injection_points() {
         times: 1,
         ..FaultRule::new(FaultPoint::Command, FaultAction::Fail)
     });
-    assert!(g.commands(&[Command::InvalidateIommuAll]).illegal.is_some());
+    assert_eq!(
+        g.commands(&[Command::InvalidateIommuAll])
+            .illegal
+            .map(|i| i.2),
+        Some(CommandError::Injected {
+            opcode: iommu_dev::command::opcode::INVALIDATE_IOMMU_ALL
+        })
+    );
     g.iommu.faults().add(FaultRule {
         times: 1,
         ..FaultRule::new(FaultPoint::Command, FaultAction::Drop)
@@ -1048,4 +1060,331 @@ fn port_follows_memory_table_updates() {
         port.dma_read(DEVID, PASID, VA, RW, &mut b),
         Err(AccessError::Memory(_))
     ));
+}
+
+fn addr(rec: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(rec[8..].try_into().unwrap())
+}
+
+/// Fidelity (b): untranslated DMA through a GCR3 entry with V=0, or with a
+/// PASID the GCR3 levels cannot index, is a not-present IO_PAGE_FAULT with
+/// GN=1 and the PASID (§2, §3.5); ATS still answers R=W=0 without an event.
+#[test]
+fn untranslated_dma_without_gcr3_entry_logs_io_page_fault() {
+    let mut g = Guest::new(4);
+    g.map_pages(1);
+    let un = AccessFlags {
+        untranslated: true,
+        ..RW
+    };
+    let mut b = [0u8; 8];
+    // PASID 5 has no GCR3 leaf entry (V=0); with a 1-level GCR3 table
+    // PASID 0x203 is beyond what it indexes.
+    for (pasid, write, glx) in [(5u32, false, 1), (5, true, 1), (PASID, false, 0)] {
+        g.write_dte(Dte::encode_v2(DOMAIN, GCR3_ROOT, glx, true, false));
+        g.commands(&[Command::InvalidateDevtabEntry { devid: DEVID }]);
+        let r = if write {
+            g.iommu.dma_write(DEVID, pasid, VA, un, &[1])
+        } else {
+            g.iommu.dma_read(DEVID, pasid, VA, un, &mut b)
+        };
+        assert!(r.is_err(), "PASID {pasid:#x}");
+        let ev = g.events();
+        assert_eq!(ev.len(), 1, "PASID {pasid:#x}: one event");
+        let l = lo(&ev[0].entry);
+        assert_eq!(l >> 60, 2, "IO_PAGE_FAULT");
+        let want = flag::GN | flag::US | if write { flag::RW } else { 0 };
+        assert_eq!((l >> 48) & 0xfff, u64::from(want));
+        assert_eq!((l >> 32) & 0xffff, u64::from(pasid & 0xffff));
+        assert_eq!((l >> 16) & 0xf, u64::from(pasid >> 16));
+        assert_eq!(addr(&ev[0].entry), VA);
+    }
+    assert!(g.iommu.ats_translate(DEVID, 5, VA, RW).unwrap().is_fault());
+    assert!(g.events().is_empty(), "ATS: R=W=0, no event");
+}
+
+/// Fidelity (c): ILLEGAL_DEV_TABLE_ENTRY carries the request's PASID with
+/// GN=1, RW and the address (§5.3), not zeros.
+#[test]
+fn illegal_dte_event_names_pasid_and_address() {
+    let mut g = Guest::new(4);
+    g.map_pages(1);
+    let mut d = Dte::encode_v2(DOMAIN, GCR3_ROOT, 1, true, false);
+    d.0[0] |= 1 << 4;
+    g.write_dte(d);
+    g.commands(&[Command::InvalidateDevtabEntry { devid: DEVID }]);
+    let un = AccessFlags {
+        untranslated: true,
+        ..RW
+    };
+    assert!(g.iommu.dma_write(DEVID, PASID, VA + 8, un, &[1]).is_err());
+    let ev = g.events();
+    let l = lo(&ev[0].entry);
+    assert_eq!(l >> 60, 1);
+    assert_eq!((l >> 48) & 0xfff, u64::from(flag::GN | flag::RZ | flag::RW));
+    assert_eq!((l >> 32) & 0xffff, u64::from(PASID));
+    assert_eq!(addr(&ev[0].entry), VA + 8);
+    assert!(g.iommu.ats_translate(DEVID, PASID, VA, RW).is_err());
+    let l = lo(&g.events()[0].entry);
+    assert_eq!((l >> 48) & 0xfff, u64::from(flag::GN | flag::RZ | flag::TR));
+}
+
+/// Fidelity (d): a DeviceID beyond the device table has no DTE; it is
+/// handled as a DTE with V=0 (§7.1, §9): an ATS request logs
+/// INVALID_DEVICE_REQUEST with TR=1, type 0, GN, PASID and the request's
+/// address, untranslated DMA an IO_PAGE_FAULT, never type 2 (port I/O for
+/// TR=0) with address 0.
+#[test]
+fn device_beyond_device_table_is_handled_as_v0() {
+    const FAR: u16 = 0x200; // the table has 128 entries (one 4 KiB page)
+    let mut g = Guest::with_config(
+        4,
+        IommuConfig {
+            endpoints: vec![DEVID, FAR],
+            pri_timeout: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    g.map_pages(1);
+    assert_eq!(
+        g.iommu.ats_translate(FAR, PASID, VA + 0x40, RW),
+        Err(AccessError::Device { va: VA + 0x40 })
+    );
+    let ev = g.events();
+    assert_eq!(ev.len(), 1);
+    let l = lo(&ev[0].entry);
+    assert_eq!(l >> 60, 8, "INVALID_DEVICE_REQUEST");
+    assert_eq!(l & 0xffff, u64::from(FAR));
+    assert_eq!((l >> 48) & 0x1ff, u64::from(flag::TR | flag::GN));
+    assert_eq!((l >> 57) & 7, 0, "type 0: translation not allowed");
+    assert_eq!((l >> 32) & 0xffff, u64::from(PASID));
+    assert_eq!(addr(&ev[0].entry), VA + 0x40);
+    let un = AccessFlags {
+        untranslated: true,
+        ..RW
+    };
+    assert!(g.iommu.dma_write(FAR, PASID, VA, un, &[1]).is_err());
+    let l = lo(&g.events()[0].entry);
+    assert_eq!(l >> 60, 2, "untranslated: IO_PAGE_FAULT");
+    assert_eq!((l >> 48) & 0xfff, u64::from(flag::GN | flag::RW));
+}
+
+/// Fidelity (e), a documented decision: a leaf that points outside guest
+/// RAM translates (the IOMMU checks reserved bits, not the address map), so
+/// no IOMMU event is logged; the access itself fails as a bus error would
+/// (`AccessError::Memory`), which the device reports (§3.5, §9).
+#[test]
+fn leaf_outside_ram_translates_and_the_access_fails_without_event() {
+    let mut g = Guest::new(4);
+    g.tables().map(VA, 0x8000_0000, 1, USER_RW, DIR);
+    let c = g.iommu.ats_translate(DEVID, PASID, VA, RW).unwrap();
+    assert!(c.r && c.pa_base == 0x8000_0000);
+    assert!(matches!(
+        g.iommu.dma_read(DEVID, PASID, VA, RW, &mut [0u8; 4]),
+        Err(AccessError::Memory(_))
+    ));
+    let un = AccessFlags {
+        untranslated: true,
+        ..RW
+    };
+    assert!(matches!(
+        g.iommu.dma_write(DEVID, PASID, VA, un, &[1]),
+        Err(AccessError::Memory(_))
+    ));
+    assert!(g.events().is_empty());
+}
+
+fn planted(g: &Guest, point: FaultPoint, action: FaultAction) {
+    g.iommu.faults().clear();
+    g.iommu.faults().add(FaultRule::new(point, action));
+}
+
+/// Translate `n` pages into the IOTLB and the ATC, then move every page.
+fn cache_and_move(g: &mut Guest, n: u64) {
+    for i in 0..n {
+        g.iommu
+            .ats_translate(DEVID, PASID, VA + i * 0x1000, RW)
+            .unwrap();
+    }
+    for i in 0..n {
+        g.set_pte(
+            VA + i * 0x1000,
+            (DATA + 0x10_0000 + i * 0x1000) | USER_RW | PTE_A | PTE_D,
+        );
+    }
+}
+
+fn stale_after(g: &Guest, n: u64) -> u64 {
+    g.iommu.audit(PASID, VA, n * 0x1000, 64).unwrap().1
+}
+
+/// completion_wait defer: the wait stores while the IOMMU and ATC
+/// invalidations ahead of it have not taken effect; they do at the next batch.
+#[test]
+fn planted_completion_wait_before_invalidations() {
+    let mut g = Guest::new(4);
+    g.map_pages(1);
+    cache_and_move(&mut g, 1);
+    planted(&g, FaultPoint::CompletionWait, FaultAction::Defer);
+    assert!(g.flush(VA, VA + 0xfff), "the wait still stores");
+    let (iotlb, _, atc) = g.iommu.cache_sizes();
+    assert_eq!((iotlb, atc), (1, 1), "nothing removed yet");
+    assert!(stale_after(&g, 1) >= 2);
+    g.iommu.faults().clear();
+    g.commands(&[Command::InvalidateInterruptTable { devid: DEVID }]);
+    assert_eq!(stale_after(&g, 1), 0, "applied at the next batch");
+}
+
+/// atc_invalidate defer: the IOTLB is flushed at once, the ATC only after
+/// the completion was reported.
+#[test]
+fn planted_atc_invalidation_after_its_completion() {
+    let mut g = Guest::new(4);
+    g.map_pages(1);
+    cache_and_move(&mut g, 1);
+    planted(&g, FaultPoint::AtcInvalidate, FaultAction::Defer);
+    assert!(g.flush(VA, VA + 0xfff));
+    assert_eq!(g.iommu.cache_sizes().0, 0, "IOTLB flushed");
+    assert_eq!(g.iommu.cache_sizes().2, 1, "ATC not yet");
+    g.iommu.faults().clear();
+    g.commands(&[Command::InvalidateInterruptTable { devid: DEVID }]);
+    assert_eq!(g.iommu.cache_sizes().2, 0);
+}
+
+/// narrow: an 8 KiB S=1 range flushes only its first page, at both caches.
+#[test]
+fn planted_s_range_one_size_too_small() {
+    for point in [FaultPoint::IotlbInvalidate, FaultPoint::AtcInvalidate] {
+        let mut g = Guest::new(4);
+        g.map_pages(2);
+        cache_and_move(&mut g, 2);
+        planted(&g, point, FaultAction::Narrow);
+        g.flush(VA, VA + 0x1fff);
+        let (iotlb, _, atc) = g.iommu.cache_sizes();
+        let left = if point == FaultPoint::IotlbInvalidate {
+            (iotlb, atc)
+        } else {
+            (atc, iotlb)
+        };
+        assert_eq!(left, (1, 0), "{point:?}: the second page stays");
+        assert_eq!(stale_after(&g, 2), 1);
+        // A single page (S=0) is not affected.
+        let mut g = Guest::new(4);
+        g.map_pages(1);
+        cache_and_move(&mut g, 1);
+        planted(&g, point, FaultAction::Narrow);
+        g.flush(VA, VA + 0xfff);
+        assert_eq!(stale_after(&g, 1), 0);
+    }
+}
+
+/// other_pasid: the invalidation removes PASID ^ 1's entries, not its own.
+#[test]
+fn planted_invalidation_to_another_pasid() {
+    for point in [FaultPoint::IotlbInvalidate, FaultPoint::AtcInvalidate] {
+        let mut g = Guest::new(4);
+        g.map_pages(1);
+        cache_and_move(&mut g, 1);
+        planted(&g, point, FaultAction::OtherPasid);
+        g.flush(VA, VA + 0xfff);
+        assert_eq!(stale_after(&g, 1), 1, "{point:?}");
+    }
+}
+
+/// pwc_invalidate drop: PDE=1 flushes the IOTLB but the walk cache keeps
+/// the upper levels; dte_invalidate drop: the cached DTE stays.
+#[test]
+fn planted_walk_cache_and_dte_cache_kept() {
+    let mut g = Guest::new(4);
+    g.map_pages(1);
+    cache_and_move(&mut g, 1);
+    assert!(g.iommu.cache_sizes().1 > 0, "walk cache filled");
+    planted(&g, FaultPoint::PwcInvalidate, FaultAction::Drop);
+    g.flush(VA, VA + 0xfff);
+    let (iotlb, pwc, _) = g.iommu.cache_sizes();
+    assert_eq!(iotlb, 0);
+    assert!(pwc > 0, "walk cache kept across PDE=1");
+    g.iommu.faults().clear();
+    g.flush(VA, VA + 0xfff);
+    assert_eq!(g.iommu.cache_sizes().1, 0);
+
+    planted(&g, FaultPoint::DteInvalidate, FaultAction::Drop);
+    g.write_dte(Dte::encode_v2(DOMAIN, GCR3_ROOT, 1, false, false));
+    g.commands(&[Command::InvalidateDevtabEntry { devid: DEVID }]);
+    assert!(
+        g.iommu.ats_translate(DEVID, PASID, VA, RW).unwrap().r,
+        "the cached DTE (I=1) is still used"
+    );
+}
+
+/// atc_fill delay: the fill lands late, and an invalidation meanwhile still
+/// suppresses it (a race-window widener, not a bug).
+#[test]
+fn atc_fill_delay_is_not_a_bug() {
+    let mut g = Guest::new(4);
+    g.map_pages(1);
+    g.iommu.faults().add(FaultRule {
+        times: 1,
+        ..FaultRule::new(
+            FaultPoint::AtcFill,
+            FaultAction::Delay(Duration::from_millis(50)),
+        )
+    });
+    let t = std::time::Instant::now();
+    g.iommu.ats_translate(DEVID, PASID, VA, RW).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    assert_eq!(g.iommu.cache_sizes().2, 1, "delayed, still filled");
+}
+
+/// Fidelity (a): a write after an RO->RW upgrade that Linux makes without
+/// an invalidation (wp_page_reuse()). With `ats_permission_miss = Rewalk`
+/// (default) the translation request after the PRI Success walks again and
+/// the write lands; with `Cached` the IOTLB keeps answering read-only, the
+/// device retranslates up to the cap and the write is lost.
+#[test]
+fn write_after_silent_permission_upgrade() {
+    for (miss, lands) in [
+        (iommu_dev::PermissionMiss::Rewalk, true),
+        (iommu_dev::PermissionMiss::Cached, false),
+    ] {
+        let mut g = Guest::with_config(
+            4,
+            IommuConfig {
+                ats_permission_miss: miss,
+                pri_timeout: Duration::from_millis(500),
+                ..Default::default()
+            },
+        );
+        g.tables().map(VA, DATA, 1, PTE_P | PTE_US | PTE_A, DIR);
+        // The device reads: the IOTLB and the ATC cache the read-only PTE.
+        let c = g.iommu.ats_translate(DEVID, PASID, VA, RW).unwrap();
+        assert!(c.r && !c.w);
+        let pte = g.tables().entry_gpa(VA, 1);
+        let g = &g;
+        // A page-request handler that upgrades the PTE in place, without
+        // an invalidation, and answers Success.
+        let stop = AtomicBool::new(false);
+        let pri = AccessFlags {
+            no_pri: false,
+            ..RW
+        };
+        thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(r) = g.iommu.ppr_log().take(1).first() {
+                        let e = PprEntry::decode(&r.entry);
+                        mem::store_u64(&g.mem, pte, DATA | USER_RW | PTE_A | PTE_D).unwrap();
+                        respond(g, e.tag & 0x1ff, 0);
+                    }
+                    thread::sleep(Duration::from_micros(200));
+                }
+            });
+            let r = g.iommu.dma_write(DEVID, PASID, VA, pri, &[7]);
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(r.is_ok(), lands, "{miss:?}: {r:?}");
+        });
+        let mut b = [0u8; 1];
+        mem::read(&g.mem, DATA, &mut b).unwrap();
+        assert_eq!(b[0] == 7, lands, "{miss:?}: the write landed");
+    }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use iommu_dev::FaultRule;
 
-use crate::machine::{Backend, Exec, Fp, Model, Program, Rec, CPU, IOMMU};
+use crate::machine::{Backend, Exec, ExecError, Fp, Model, Program, Rec, CPU, IOMMU};
 use crate::script::{Kind, Script};
 
 /// A counterexample: the steps that matter, in execution order.
@@ -48,7 +48,8 @@ pub struct Outcome {
     /// Per invalidation (inv#N, 0-based): executions it ran in, entries removed in total.
     pub inv_runs: Vec<u64>,
     pub inv_removed: Vec<u64>,
-    pub error: Option<String>,
+    /// The error of the first execution that had one.
+    pub error: Option<ExecError>,
     /// Paths cut because every remaining choice was asleep (equivalent to
     /// an explored interleaving).
     pub blocked: u64,
@@ -220,7 +221,7 @@ pub fn explore_with(s: &Script, extra_faults: &[FaultRule], max: u64, reduce: bo
 #[derive(Debug, Clone)]
 pub struct Literal {
     pub recs: Vec<Rec>,
-    pub error: Option<String>,
+    pub error: Option<ExecError>,
 }
 
 impl Literal {

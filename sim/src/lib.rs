@@ -15,9 +15,9 @@ pub mod report;
 pub mod script;
 
 pub use explore::{explore, explore_with, literal, literal_on, Literal, Outcome};
-pub use machine::{Backend, Model};
+pub use machine::{Backend, BackendError, ExecError, Model};
 pub use report::{literal_verdict, verdict, Verdict};
-pub use script::{load, parse, parse_fault, Expect, Kind, ParseError, Script};
+pub use script::{load, parse, parse_fault, Expect, Kind, LoadError, ParseError, Script};
 
 /// Default bound on explored executions per script.
 pub const DEFAULT_MAX_EXECUTIONS: u64 = 2_000_000;

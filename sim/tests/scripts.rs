@@ -263,7 +263,12 @@ fn cli_exit_codes() {
     let out = Command::new(bin).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.amdvi:3: expected `->`"), "{err}");
+    assert!(err.contains("bad.amdvi:3:11: expected `->`"), "{err}");
+    let missing = dir.join("missing.amdvi");
+    let out = Command::new(bin).arg(&missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.amdvi: cannot read: "), "{err}");
     let cow = scripts_dir().join("cow-correct.amdvi");
     let ok = Command::new(bin).arg(&cow).output().unwrap();
     assert_eq!(

@@ -414,13 +414,12 @@ impl Device {
         };
         let (va, len, stride) = (s.va.to_native(), s.len.to_native(), s.stride.to_native());
         let weights = [s.read_weight, s.write_weight, s.translate_weight];
+        let follow = s.mode == w::STREAM_MODE_FOLLOW;
+        let range_ok = va % 8 == 0 && len >= 8 && stride >= 8 && stride % 8 == 0;
         if s.flags & !ep::F_MASK != 0
-            || s.reserved != 0
+            || (s.mode != w::STREAM_MODE_RANGE && !follow)
             || s.reserved2 != 0
-            || va % 8 != 0
-            || len < 8
-            || stride < 8
-            || stride % 8 != 0
+            || !(follow || range_ok)
             || weights.iter().all(|&w| w == 0)
         {
             return Response::status(Status::BadRequest);
@@ -443,6 +442,7 @@ impl Device {
             rate: s.rate.to_native(),
             duration_ms: s.duration_ms.to_native(),
             write_value: s.write_value.to_native(),
+            follow,
         };
         match self.streams.start(self.iommu.clone(), p) {
             Ok(id) => Response::ok(bytes_of(&w::StreamStartResp {

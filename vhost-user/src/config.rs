@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use iommu_dev::{FaultAction, FaultPoint, FaultRule, IommuConfig};
+use iommu_dev::{FaultAction, FaultError, FaultPoint, FaultRule, IommuConfig, PermissionMiss};
 use serde::Deserialize;
 
 use crate::virtio_amdvi::MAX_ENDPOINTS;
@@ -79,6 +79,7 @@ struct FileConfig {
     ppr_log_entries: Option<u32>,
     event_backlog: Option<u32>,
     max_streams: Option<u32>,
+    ats_permission_miss: Option<String>,
     handshake_timeout_ms: Option<u32>,
     #[serde(default)]
     fault: Vec<FileFault>,
@@ -124,6 +125,7 @@ impl Default for DaemonConfig {
                 pri_timeout: Duration::from_millis(2000),
                 event_log_entries: 512,
                 ppr_log_entries: 512,
+                ats_permission_miss: PermissionMiss::Rewalk,
             },
             max_streams: 16,
             faults: Vec::new(),
@@ -242,6 +244,9 @@ impl DaemonConfig {
         let backlog = pos("event_backlog", fc.event_backlog, 512, 1 << 20)?;
         i.event_log_entries = pos("event_log_entries", fc.event_log_entries, backlog, 1 << 20)?;
         i.ppr_log_entries = pos("ppr_log_entries", fc.ppr_log_entries, backlog, 1 << 20)?;
+        if let Some(m) = &fc.ats_permission_miss {
+            i.ats_permission_miss = m.parse().map_err(|e| err("ats_permission_miss", e))?;
+        }
         let max_streams = pos("max_streams", fc.max_streams, d.max_streams as usize, 256)? as u32;
         let handshake_timeout = Duration::from_millis(pos(
             "handshake_timeout_ms",
@@ -253,34 +258,13 @@ impl DaemonConfig {
         for (n, f) in fc.fault.iter().enumerate() {
             let k = |field: &str| format!("fault[{n}].{field}");
             let point: FaultPoint = f.point.parse().map_err(|e: String| err(&k("point"), e))?;
-            let action = match (f.action.as_str(), f.delay_us) {
-                ("drop", None) => FaultAction::Drop,
-                ("fail", None) => FaultAction::Fail,
-                ("delay", Some(us)) if us <= 60_000_000 => {
-                    FaultAction::Delay(Duration::from_micros(us))
-                }
-                ("delay", Some(_)) => {
-                    return Err(err(&k("delay_us"), "must be at most 60000000".into()))
-                }
-                ("delay", None) => {
-                    return Err(err(
-                        &k("delay_us"),
-                        "required with action = \"delay\"".into(),
-                    ))
-                }
-                ("drop" | "fail", Some(_)) => {
-                    return Err(err(
-                        &k("delay_us"),
-                        "only allowed with action = \"delay\"".into(),
-                    ))
-                }
-                (other, _) => {
-                    return Err(err(
-                        &k("action"),
-                        format!("unknown action '{other}' (expected drop, delay or fail)"),
-                    ))
-                }
-            };
+            let action = FaultAction::parse(&f.action, f.delay_us).map_err(|e| {
+                let field = match e {
+                    FaultError::UnknownAction(_) => "action",
+                    _ => "delay_us",
+                };
+                err(&k(field), e.to_string())
+            })?;
             let mut rule = FaultRule::new(point, action);
             if let Some(p) = f.probability {
                 if !(0.0..=1.0).contains(&p) {
@@ -321,6 +305,8 @@ impl DaemonConfig {
                 }
                 rule.pasid = Some(p);
             }
+            rule.validate()
+                .map_err(|e| err(&k("action"), e.to_string()))?;
             faults.push(rule);
         }
         Ok(DaemonConfig {
@@ -342,6 +328,52 @@ mod tests {
             DaemonConfig::from_toml("x", "").unwrap(),
             DaemonConfig::default()
         );
+    }
+
+    /// An override names only what it changes: a file with just a
+    /// [[fault]] block is the default plus that rule.
+    #[test]
+    fn fault_only_file_merges_with_defaults() {
+        let c = DaemonConfig::from_toml(
+            "x",
+            "[[fault]]\npoint = \"completion_wait\"\naction = \"defer\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.faults.len(), 1);
+        assert_eq!(
+            DaemonConfig {
+                faults: Vec::new(),
+                ..c
+            },
+            DaemonConfig::default()
+        );
+    }
+
+    /// Every shipped config parses; the planted-bug ones are short overrides
+    /// with a header comment.
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_none_or(|x| x != "toml") {
+                continue;
+            }
+            let c = DaemonConfig::from_file(&p).unwrap_or_else(|e| panic!("{e}"));
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            let text = std::fs::read_to_string(&p).unwrap();
+            if name.starts_with("broken-") || name.starts_with("stress-") {
+                assert!(!c.faults.is_empty(), "{name}: no [[fault]] rule");
+                assert!(text.starts_with('#'), "{name}: header comment first");
+                assert!(
+                    !text.contains("iotlb_entries ="),
+                    "{name}: restates defaults"
+                );
+            }
+            n += 1;
+        }
+        assert!(n >= 9, "{n} configs");
     }
 
     #[test]
@@ -414,6 +446,20 @@ times = 3
         );
         let e = bad("[[fault]]\npoint = \"walk_read\"\naction = \"drop\"\ncolour = 1\n");
         assert_eq!(e.key, "fault.colour");
+        assert_eq!(
+            bad("ats_permission_miss = \"maybe\"").key,
+            "ats_permission_miss"
+        );
+        assert_eq!(
+            DaemonConfig::from_toml("x", "ats_permission_miss = \"cached\"")
+                .unwrap()
+                .iommu
+                .ats_permission_miss,
+            PermissionMiss::Cached
+        );
+        let e = bad("[[fault]]\npoint = \"walk_read\"\naction = \"narrow\"\n");
+        assert_eq!(e.key, "fault[0].action");
+        assert!(e.reason.contains("walk_read"), "{e}");
         for e in [bad("x = "), bad("[[fault]]\npoint = 3\naction = \"drop\"")] {
             assert!(!e.to_string().contains('\n'), "one line: {e}");
         }

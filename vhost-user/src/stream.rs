@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use iommu_dev::iommu::MappedLeaf;
 use iommu_dev::{AccessError, AccessFlags, Iommu};
 
 /// What a stream does, validated.
@@ -23,6 +24,62 @@ pub struct StreamParams {
     pub rate: u32,
     pub duration_ms: u32,
     pub write_value: u64,
+    /// Follow mode: aim at what the PASID maps now (`va`/`len` a window,
+    /// `len` 0 the whole user half), not at `[va, va + len)` in strides.
+    pub follow: bool,
+}
+
+/// Leaves a follow-mode stream keeps at most.
+pub const FOLLOW_MAX_LEAVES: usize = 65536;
+/// A follow-mode stream re-reads the tables after this many accesses...
+const FOLLOW_REFRESH_ACCESSES: u32 = 256;
+/// ... or this long, whichever comes first.
+const FOLLOW_REFRESH: Duration = Duration::from_millis(20);
+
+/// What a follow-mode stream aims at: the PASID's present user leaves,
+/// as of the last look.
+struct Follow {
+    leaves: Vec<MappedLeaf>,
+    looked: Option<Instant>,
+    since: u32,
+}
+
+impl Follow {
+    fn new() -> Self {
+        Follow {
+            leaves: Vec::new(),
+            looked: None,
+            since: 0,
+        }
+    }
+
+    /// The next address, or None while the PASID maps nothing.
+    fn next(&mut self, iommu: &Iommu, p: &StreamParams, rng: &mut u64) -> Option<u64> {
+        let due = self.looked.is_none_or(|t| t.elapsed() >= FOLLOW_REFRESH)
+            || self.since >= FOLLOW_REFRESH_ACCESSES;
+        if due {
+            let end = p.va.saturating_add(p.len);
+            self.leaves = iommu.mapped_leaves(p.devid, p.pasid, FOLLOW_MAX_LEAVES);
+            if p.len != 0 {
+                self.leaves
+                    .retain(|l| l.va < end && l.va + (1u64 << l.size_log2) > p.va);
+            }
+            self.looked = Some(Instant::now());
+            self.since = 0;
+        }
+        if self.leaves.is_empty() {
+            return None;
+        }
+        self.since += 1;
+        let r = next_rand(rng);
+        let leaf = self.leaves[(r % self.leaves.len() as u64) as usize];
+        let words = 1u64 << (leaf.size_log2 - 3);
+        let mut va = leaf.va + ((r >> 20) % words) * 8;
+        if p.len != 0 {
+            va = va.clamp(p.va & !7, p.va.saturating_add(p.len).saturating_sub(8) & !7);
+        }
+        Some(va)
+    }
 }
 
 /// Live counters of one stream.
@@ -236,6 +293,8 @@ fn run(
     let deadline =
         (p.duration_ms > 0).then(|| started + Duration::from_millis(p.duration_ms.into()));
     let mut buf = [0u8; 8];
+    let mut follow = Follow::new();
+    let mut pick_rng = 0x2545_f491_4f6c_dd1du64;
     while !stop.load(Ordering::Acquire) {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
@@ -249,11 +308,22 @@ fn run(
                 continue;
             }
         }
-        let va = p.va.wrapping_add(offset);
-        offset += u64::from(p.stride);
-        if offset + 8 > p.len {
-            offset = 0;
-        }
+        let va = if p.follow {
+            match follow.next(iommu, &p, &mut pick_rng) {
+                Some(va) => va,
+                None => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+            }
+        } else {
+            let va = p.va.wrapping_add(offset);
+            offset += u64::from(p.stride);
+            if offset + 8 > p.len {
+                offset = 0;
+            }
+            va
+        };
         let pick = next_rand(&mut rng) % total.max(1);
         let op = if pick < u64::from(p.weights[0]) {
             0

@@ -84,6 +84,8 @@ pub const FAULT_RULES_LEN: usize = 256;
 pub const ORACLE_MAX_RECORDS: u32 = 64;
 pub const ORACLE_READ_F_CLEAR: u32 = 1;
 pub const STREAM_STOP_F_REPORT: u32 = 1;
+pub const STREAM_MODE_RANGE: u8 = 0;
+pub const STREAM_MODE_FOLLOW: u8 = 1;
 pub const INFO_F_ORACLE: u32 = 1 << 0;
 pub const INFO_F_FIVE_LEVEL: u32 = 1 << 1;
 pub const EVREC_EVENT: u16 = 1;
@@ -188,7 +190,7 @@ pub struct EndpointResp {
 pub struct StreamStart {
     pub devid: Le16,
     pub flags: u8,
-    pub reserved: u8,
+    pub mode: u8,
     pub pasid: Le32,
     pub va: Le64,
     pub len: Le64,

@@ -666,10 +666,7 @@ fn stream_limits_and_bad_parameters() {
             flags: 0x80,
             ..good
         },
-        w::StreamStart {
-            reserved: 1,
-            ..good
-        },
+        w::StreamStart { mode: 2, ..good },
     ];
     for s in bad {
         assert_eq!(start(&mut g, s).status, Some(Status::BadRequest), "{s:?}");
@@ -984,4 +981,56 @@ fn many_concurrent_faulting_accesses_do_not_block_others() {
     for t in faulting {
         assert_eq!(g.wait(t).status, Some(Status::Timeout));
     }
+}
+
+/// Any non-zero word in the page at `pa`.
+fn page_written(g: &Guest, pa: u64) -> bool {
+    (0..512).any(|i| g.read_u64(pa + 8 * i) != 0)
+}
+
+#[test]
+fn stream_follow_goes_where_the_pasid_maps() {
+    let d = Daemon::start("max_streams = 2\n");
+    let mut g = Guest::connect(&d);
+    g.setup_iommu();
+    let (va, va2) = (0x7000_0000u64, 0x9000_0000u64);
+    let near = g.map_range(va, 3);
+    let far = g.map_range(va2, 2);
+    let follow = |va: u64, len: u64| w::StreamStart {
+        mode: w::STREAM_MODE_FOLLOW,
+        stride: 0.into(),
+        ..stream(EP0, va, len, [0, 1, 0], ep::F_NO_PRI)
+    };
+    let run = |g: &mut Guest, s: w::StreamStart| {
+        let r = g.request(req::STREAM_START, s.as_slice(), 8);
+        ok(&r);
+        let id = r.obj::<w::StreamStartResp>().stream_id.to_native();
+        std::thread::sleep(Duration::from_millis(100));
+        let r = stop_stream(g, id, 0);
+        ok(&r);
+        r.obj::<w::StreamCounts>()
+    };
+    // A window: only the leaves overlapping [va2, va2 + 8 KiB) are used.
+    let c = run(&mut g, follow(va2, 0x2000));
+    assert!(c.writes.to_native() > 0, "{c:?}");
+    assert_eq!(c.faults.to_native(), 0, "{c:?}");
+    assert!(far.iter().all(|&pa| page_written(&g, pa)));
+    assert!(near.iter().all(|&pa| !page_written(&g, pa)));
+    // len 0: everything mapped, and nothing else (no faults).
+    let c = run(&mut g, follow(0, 0));
+    assert_eq!(c.faults.to_native(), 0, "{c:?}");
+    assert!(near.iter().all(|&pa| page_written(&g, pa)));
+    // Other modes are refused; a range stream still needs a stride.
+    let bad = w::StreamStart {
+        mode: 2,
+        ..follow(0, 0)
+    };
+    let r = g.request(req::STREAM_START, bad.as_slice(), 8);
+    assert_eq!(r.status, Some(Status::BadRequest));
+    let bad = w::StreamStart {
+        mode: w::STREAM_MODE_RANGE,
+        ..follow(va, 0x1000)
+    };
+    let r = g.request(req::STREAM_START, bad.as_slice(), 8);
+    assert_eq!(r.status, Some(Status::BadRequest));
 }

@@ -98,6 +98,13 @@ pub struct Args {
     #[arg(long, value_name = "STR")]
     pub modparams: Option<String>,
 
+    /// Shadow mode instead of the suite: the guest runs `amdvi-shadow STR`
+    /// (a program with the device following its address space, one KTAP
+    /// result; `--` is prepended when STR has none), e.g.
+    /// `--shadow 'amdvi-churn cow 200'` or `--shadow '--rate 0 -- ls -R /'`.
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    pub shadow: Option<String>,
+
     /// Extra guest kernel command-line parameters.
     #[arg(long, value_name = "STR", allow_hyphen_values = true)]
     pub append: Option<String>,

@@ -17,6 +17,12 @@ use crate::kmod::{self, ExecKind};
 /// depends on.
 pub const TRANSPORT_MODULES: &[&str] = &["virtio_pci"];
 
+/// Modules some mm scenarios use when the kernel has them: zram (and the
+/// compressor it asks the crypto API for) gives the guest swap, loop and
+/// ext4 a block-backed file system. A kernel without one loads the rest, and
+/// the scenarios that need it skip with the reason.
+pub const SCENARIO_MODULES: &[&str] = &["lzo_rle", "zram", "loop", "ext4"];
+
 /// Where the pieces of the image come from.
 #[derive(Debug, Clone)]
 pub struct Spec {
@@ -108,7 +114,9 @@ pub fn kernel_modules(spec: &Spec, test_module: Option<&[u8]>) -> Result<Vec<Str
     };
     let dep = kmod::ModulesDep::parse(&text("modules.dep")?);
     let builtin = kmod::parse_builtin(&text("modules.builtin")?);
-    let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    let available = |m: &&&str| builtin.contains(**m) || dep.path_of(m).is_some();
+    let mut wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+    wanted.extend(SCENARIO_MODULES.iter().filter(available));
     kmod::load_order(&wanted, &dep, &builtin).map_err(|m| {
         Error::Setup(format!(
             "kernel {} has no module `{m}` (neither built in nor in {}/modules.dep)",

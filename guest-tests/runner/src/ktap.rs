@@ -9,7 +9,8 @@
 //!
 //! The project's extension (docs/guest-conventions.md) is one
 //! `# amdvi-result: key=value ...` diagnostic immediately before each
-//! top-level result line.
+//! top-level result line. The kselftest `# Totals: pass:N fail:N ...` line
+//! at the end is read too and must agree with the results.
 
 use std::collections::BTreeMap;
 
@@ -112,13 +113,49 @@ pub enum Event {
     Result(Box<TestResult>),
 }
 
+/// The kselftest `# Totals:` line of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub pass: u32,
+    pub fail: u32,
+    pub xfail: u32,
+    pub xpass: u32,
+    pub skip: u32,
+    pub error: u32,
+}
+
+impl Totals {
+    /// Parses the part after `# Totals:`; `None` unless every field is `key:N`.
+    fn parse(text: &str) -> Option<Totals> {
+        let mut t = Totals::default();
+        for tok in text.split_whitespace() {
+            let (k, v) = tok.split_once(':')?;
+            let v = v.parse::<u32>().ok()?;
+            match k {
+                "pass" => t.pass = v,
+                "fail" => t.fail = v,
+                "xfail" => t.xfail = v,
+                "xpass" => t.xpass = v,
+                "skip" => t.skip = v,
+                "error" => t.error = v,
+                _ => return None,
+            }
+        }
+        Some(t)
+    }
+}
+
 /// The parse of a whole run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
     pub version_seen: bool,
     pub plan: Option<u32>,
     pub results: Vec<TestResult>,
-    /// Problems with the KTAP itself: missing plan, missing tests, bad numbers.
+    /// The suite's own count, when it printed one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<Totals>,
+    /// Problems with the KTAP itself: missing plan, missing tests, bad
+    /// numbers, a `# Totals:` line that disagrees with the results.
     pub errors: Vec<String>,
 }
 
@@ -240,6 +277,7 @@ pub struct Parser {
     started: bool,
     version_seen: bool,
     stack: Vec<Frame>,
+    totals: Option<Totals>,
     errors: Vec<String>,
 }
 
@@ -303,7 +341,13 @@ impl Parser {
                 None
             }
             Line::Diagnostic(text) => {
-                frame.diagnostics.push(text.to_string());
+                match text.strip_prefix("Totals:") {
+                    Some(t) if depth == 1 => match Totals::parse(t) {
+                        Some(t) => self.totals = Some(t),
+                        None => errors.push(format!("unreadable `# Totals:` line: {text}")),
+                    },
+                    _ => frame.diagnostics.push(text.to_string()),
+                }
                 None
             }
             Line::Result {
@@ -431,10 +475,25 @@ impl Parser {
             )),
             Some(_) => {}
         }
+        if let Some(t) = self.totals {
+            let count = |st| top.results.iter().filter(|r| r.status == st).count() as u32;
+            let seen = (
+                count(Status::Pass),
+                count(Status::Fail),
+                count(Status::Skip),
+            );
+            if (t.pass, t.fail, t.skip) != seen {
+                self.errors.push(format!(
+                    "`# Totals:` says pass:{} fail:{} skip:{}, the results are pass:{} fail:{} skip:{}",
+                    t.pass, t.fail, t.skip, seen.0, seen.1, seen.2
+                ));
+            }
+        }
         Report {
             version_seen: self.version_seen,
             plan: top.plan,
             results: top.results,
+            totals: self.totals,
             errors: self.errors,
         }
     }
@@ -648,6 +707,92 @@ mod tests {
             r.errors
                 .iter()
                 .any(|e| e.contains("`a` has no `# amdvi-result:`")),
+            "{:?}",
+            r.errors
+        );
+    }
+
+    /// What the guest harness prints when a scenario's child dies on a
+    /// signal, another overruns its timeout inside its subtests, and the
+    /// suite goes on.
+    #[test]
+    fn crashed_and_timed_out_children_are_their_scenarios_failures() {
+        let text = [
+            "KTAP version 1",
+            "1..3",
+            "# stream 1 running; now dereferencing NULL on purpose",
+            "# crash_selftest: the scenario's child killed by signal 11 (Segmentation fault)",
+            "# amdvi-result: name=crash_selftest result=fail accesses=40 r1=0 r2=0 r3=0 r4=0 stale=0 ms=30",
+            "not ok 1 crash_selftest",
+            "  KTAP version 1",
+            "  # Subtest: cow_fork",
+            "  1..3",
+            "  # amdvi-result: name=cow_fork.1 result=pass accesses=9 r1=0 r2=0 r3=0 r4=0 stale=0 ms=24",
+            "  ok 1 cow_fork.1",
+            "  # cow_fork.2: the scenario's child timed out after 240 s and was killed",
+            "  # amdvi-result: name=cow_fork.2 result=fail accesses=0 r1=0 r2=0 r3=0 r4=0 stale=0 ms=0",
+            "  not ok 2 cow_fork.2",
+            "  # amdvi-result: name=cow_fork.3 result=skip accesses=0 r1=0 r2=0 r3=0 r4=0 stale=0 ms=0",
+            "  ok 3 cow_fork.3 # SKIP the scenario's child ended in repeat 2",
+            "# cow_fork: the scenario's child timed out after 240 s and was killed",
+            "# amdvi-result: name=cow_fork result=fail accesses=9 r1=0 r2=0 r3=0 r4=0 stale=0 ms=240000",
+            "not ok 2 cow_fork",
+            "# amdvi-result: name=bind_basic result=pass accesses=9 r1=0 r2=0 r3=0 r4=0 stale=0 ms=20",
+            "ok 3 bind_basic",
+            "# Totals: pass:1 fail:2 xfail:0 xpass:0 skip:0 error:0",
+        ]
+        .join("\n");
+        let r = parse(&text);
+        assert_eq!(r.errors, Vec::<String>::new());
+        let st: Vec<_> = r
+            .results
+            .iter()
+            .map(|t| (t.name.as_str(), t.status))
+            .collect();
+        assert_eq!(
+            st,
+            vec![
+                ("crash_selftest", Status::Fail),
+                ("cow_fork", Status::Fail),
+                ("bind_basic", Status::Pass)
+            ]
+        );
+        assert!(r.results[0]
+            .diagnostics
+            .iter()
+            .any(|d| d.contains("killed by signal 11")));
+        let subs: Vec<_> = r.results[1].subtests.iter().map(|t| t.status).collect();
+        assert_eq!(subs, vec![Status::Pass, Status::Fail, Status::Skip]);
+        assert_eq!(
+            r.totals,
+            Some(Totals {
+                pass: 1,
+                fail: 2,
+                ..Totals::default()
+            })
+        );
+    }
+
+    #[test]
+    fn totals_must_agree_with_the_results() {
+        let text = format!(
+            "KTAP version 1\n1..1\n{}\nok 1 a\n# Totals: pass:0 fail:1 xfail:0 xpass:0 skip:0 error:0\n",
+            res("a")
+        );
+        let r = parse(&text);
+        assert!(
+            r.errors
+                .iter()
+                .any(|e| e.contains("`# Totals:` says pass:0 fail:1")),
+            "{:?}",
+            r.errors
+        );
+        let r = parse(&format!(
+            "KTAP version 1\n1..1\n{}\nok 1 a\n# Totals: pass:x\n",
+            res("a")
+        ));
+        assert!(
+            r.errors.iter().any(|e| e.contains("unreadable")),
             "{:?}",
             r.errors
         );

@@ -157,6 +157,7 @@ impl Plan {
             filter: args.filter.clone(),
             args: args.args.clone(),
             modparams: args.modparams.clone(),
+            shadow: args.shadow.clone(),
             extra: args.append.clone(),
         };
         let append = qemu::kernel_cmdline(paging, &guest).map_err(Error::Setup)?;

@@ -249,6 +249,8 @@ pub struct GuestArgs {
     pub filter: Option<String>,
     pub args: Option<String>,
     pub modparams: Option<String>,
+    /// Shadow mode: amdvi-shadow's arguments (docs/shadow.md).
+    pub shadow: Option<String>,
     /// Extra kernel parameters, appended verbatim.
     pub extra: Option<String>,
 }
@@ -266,6 +268,7 @@ pub fn kernel_cmdline(paging: Paging, g: &GuestArgs) -> Result<String, String> {
         ("amdvi.filter", &g.filter),
         ("amdvi.args", &g.args),
         ("amdvi.modparams", &g.modparams),
+        ("amdvi.shadow", &g.shadow),
     ] {
         let Some(v) = val else { continue };
         if v.contains('"') || v.contains('\n') {
@@ -503,6 +506,7 @@ mod tests {
             filter: Some("fork*".into()),
             args: Some("-v --seed 3".into()),
             modparams: Some("notifier_mode=end_only".into()),
+            shadow: None,
             extra: Some(" dyndbg=+p ".into()),
         };
         assert_eq!(
@@ -511,6 +515,14 @@ mod tests {
         );
         let plain = kernel_cmdline(Paging::Four, &GuestArgs::default()).unwrap();
         assert_eq!(plain, "console=ttyS0 panic=-1 quiet loglevel=5 no5lvl");
+        let shadow = GuestArgs {
+            shadow: Some("--rate 0 -- amdvi-churn cow".into()),
+            ..GuestArgs::default()
+        };
+        assert_eq!(
+            kernel_cmdline(Paging::Five, &shadow).unwrap(),
+            "console=ttyS0 panic=-1 quiet loglevel=5 amdvi.shadow=\"--rate 0 -- amdvi-churn cow\""
+        );
         let bad = GuestArgs {
             args: Some("say \"hi\"".into()),
             ..GuestArgs::default()

@@ -41,7 +41,7 @@ pub fn sim_literal(path: &Path, faults: &[String]) -> Result<String, String> {
     let s = amdvi_sim::load(&path.to_string_lossy()).map_err(|e| e.to_string())?;
     let faults = faults
         .iter()
-        .map(|f| amdvi_sim::parse_fault(f))
+        .map(|f| amdvi_sim::parse_fault(f).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let l = amdvi_sim::literal(&s, &faults);
     if let Some(e) = &l.error {

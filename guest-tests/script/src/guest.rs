@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 
 use amdvi_sim::script::Script;
-use amdvi_sim::Backend;
+use amdvi_sim::{Backend, BackendError};
 use iommu_dev::oracle::{Rule, Source};
 use iommu_dev::{AccessError, AtsCompletion, Command, Finding};
 
@@ -239,8 +239,8 @@ fn finding(f: &uapi::Finding) -> Option<Finding> {
 }
 
 impl Backend for Guest {
-    fn reset(&mut self) -> Result<(), String> {
-        self.setup()
+    fn reset(&mut self) -> Result<(), BackendError> {
+        self.setup().map_err(BackendError::Device)
     }
 
     fn pte(&mut self, va: u64) -> u64 {
@@ -312,7 +312,7 @@ impl Backend for Guest {
         self.read_page(a) == self.read_page(b)
     }
 
-    fn execute(&mut self, cmd: &Command) -> Result<Option<usize>, String> {
+    fn execute(&mut self, cmd: &Command) -> Result<Option<usize>, BackendError> {
         let (flags, pasid, mask, range) = match *cmd {
             Command::InvalidateIommuPages { pasid, range, .. } => {
                 (uapi::INV_IOMMU, pasid, 0, range)
@@ -327,13 +327,19 @@ impl Backend for Guest {
                     .script_devids
                     .iter()
                     .position(|&d| d == devid)
-                    .ok_or_else(|| format!("no device with devid {devid:#x}"))?;
+                    .ok_or_else(|| {
+                        BackendError::Device(format!("no device with devid {devid:#x}"))
+                    })?;
                 (uapi::INV_IOTLB, pasid, 1u32 << i, range)
             }
             Command::CompletionWait { .. } => {
                 (uapi::INV_WAIT, self.pasid, 0, iommu_dev::SRange::EVERYTHING)
             }
-            other => return Err(format!("{other:?}: not an ordering-script command")),
+            other => {
+                return Err(BackendError::Device(format!(
+                    "{other:?}: not an ordering-script command"
+                )))
+            }
         };
         let (addr, s) = range.encode();
         let mut inv = PtInv {
@@ -343,7 +349,7 @@ impl Backend for Guest {
             s: u32::from(s),
             addr,
         };
-        ioctl(self.file(), uapi::IOC_PT_INV, &mut inv, "PT_INV")?;
+        ioctl(self.file(), uapi::IOC_PT_INV, &mut inv, "PT_INV").map_err(BackendError::Device)?;
         Ok(None)
     }
 
@@ -391,7 +397,7 @@ impl Backend for Guest {
         out
     }
 
-    fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, String> {
+    fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, BackendError> {
         let mut recs = vec![uapi::Finding::default(); 16];
         let mut o = Oracle {
             pasid,
@@ -401,9 +407,13 @@ impl Backend for Guest {
             max_records: 16,
             ..Default::default()
         };
-        ioctl(self.file(), uapi::IOC_ORACLE_AUDIT, &mut o, "ORACLE_AUDIT")?;
+        ioctl(self.file(), uapi::IOC_ORACLE_AUDIT, &mut o, "ORACLE_AUDIT")
+            .map_err(BackendError::Device)?;
         if o.status != uapi::S_OK {
-            return Err(format!("ORACLE_AUDIT: device status {}", o.status));
+            return Err(BackendError::Device(format!(
+                "ORACLE_AUDIT: device status {}",
+                o.status
+            )));
         }
         self.counts.stale += o.count[4];
         recs.truncate(o.nrecords as usize);

@@ -39,7 +39,7 @@ pub fn test_name(path: &str) -> String {
 /// Judge a literal run: the verdict in `amdvi-sim --literal`'s words.
 pub fn judge(s: &Script, l: &Literal, backend_error: Option<String>) -> Outcome {
     let verdict = literal_verdict(s, l);
-    let error = backend_error.or_else(|| l.error.clone());
+    let error = backend_error.or_else(|| l.error.as_ref().map(ToString::to_string));
     let matches = error.is_none() && s.expect_literal.as_ref().is_none_or(|e| verdict.matches(e));
     Outcome::Ran {
         verdict,

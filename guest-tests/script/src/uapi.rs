@@ -138,6 +138,19 @@ pub struct PtInv {
     pub addr: u64,
 }
 
+/// BIND_PID: another process's mm (by pidfd) to a new PASID.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BindPid {
+    pub pidfd: i32,
+    pub endpoint_mask: u32,
+    pub flags: u32,
+    pub pasid: u32,
+}
+
+/// STREAM_START flag: follow the PASID's address space.
+pub const STREAM_FOLLOW: u8 = 1 << 7;
+
 const TYPE: u64 = b'A' as u64;
 
 /// `_IOC(dir, 'A', nr, size)` of asm-generic/ioctl.h (dir: 1 write, 2 read).
@@ -156,3 +169,4 @@ pub const IOC_PT_CREATE: u64 = ioc(R | W, 0x1b, std::mem::size_of::<PtCreate>())
 pub const IOC_PT_PAGE: u64 = ioc(R | W, 0x1c, std::mem::size_of::<PtPage>());
 pub const IOC_PT_PTE: u64 = ioc(R | W, 0x1d, std::mem::size_of::<PtPte>());
 pub const IOC_PT_INV: u64 = ioc(W, 0x1e, std::mem::size_of::<PtInv>());
+pub const IOC_BIND_PID: u64 = ioc(R | W, 0x22, std::mem::size_of::<BindPid>());

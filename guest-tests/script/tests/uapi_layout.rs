@@ -115,6 +115,14 @@ fn uapi_matches_amdvi_uapi_h() {
         s,
         addr,
     ));
+    checks.extend(fields!(
+        "struct amdvi_ioc_bind_pid",
+        BindPid,
+        pidfd,
+        endpoint_mask,
+        flags,
+        pasid,
+    ));
     checks.extend([
         string("\"/dev/\" AMDVI_DEV_NAME", DEV_PATH),
         int("AMDVI_UAPI_MAX_EP", MAX_EP as u64),
@@ -143,6 +151,8 @@ fn uapi_matches_amdvi_uapi_h() {
         int("AMDVI_IOC_PT_PAGE", IOC_PT_PAGE),
         int("AMDVI_IOC_PT_PTE", IOC_PT_PTE),
         int("AMDVI_IOC_PT_INV", IOC_PT_INV),
+        int("AMDVI_IOC_BIND_PID", IOC_BIND_PID),
+        int("AMDVI_STREAM_FOLLOW", STREAM_FOLLOW.into()),
     ]);
     layout_probe::run(
         "uapi_probe",

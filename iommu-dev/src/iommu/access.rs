@@ -2,15 +2,19 @@
 //! untranslated through the IOTLB), and PRI page requests.
 
 use super::port::Tally;
-use super::translate::Xlate;
-use super::types::{inc, AccessError, AccessFlags, AccessReport, Endpoint, TraceEvent};
+use super::translate::{TableReadFailed, Xlate};
+use super::types::{
+    inc, AccessError, AccessFlags, AccessReport, Endpoint, PermissionMiss, TraceEvent,
+};
 use super::Iommu;
 use crate::ats::{AtsCompletion, PRG_INVALID, PRG_SUCCESS};
+use crate::cache::Tag;
 use crate::event::{self, flag, Event, PprEntry};
-use crate::fault::{FaultAction, FaultPoint};
+use crate::fault::{apply_delay, FaultAction, FaultPoint};
 use crate::mem::{self, Mem};
 use crate::oracle::Source;
 use crate::regs::control;
+use crate::srange::SRange;
 use crate::walker::{Dirty, Request};
 
 /// How often one access retranslates (page requests, overtaking invalidations).
@@ -48,7 +52,7 @@ impl Iommu {
             flags,
         } = *a;
         inc(&self.stats.ats_requests);
-        let dte = self.dte(mem, devid, true, va)?;
+        let dte = self.dte(mem, a, true, false)?;
         let gt_en = self.control() & control::GT_EN != 0;
         if !dte.v || !dte.tv || !dte.iotlb || !dte.gv || !gt_en {
             let kind = if gt_en {
@@ -76,7 +80,7 @@ impl Iommu {
             Dirty::IfWritable
         };
         let c = match self.translate(mem, a, &dte, req, dirty, true) {
-            Err(()) => return Err(AccessError::Device { va }),
+            Err(TableReadFailed) => return Err(AccessError::Device { va }),
             Ok(Xlate::Fault) => {
                 inc(&self.stats.ats_faults);
                 AtsCompletion::fault(12)
@@ -99,6 +103,17 @@ impl Iommu {
             completion: c,
         });
         Ok(c)
+    }
+
+    /// The atc_fill point: drop skips the fill; delay stores it late (an
+    /// invalidation meanwhile still suppresses it through the gate's
+    /// generation).
+    fn atc_fill_allowed(&self, devid: u16, pasid: u32) -> bool {
+        apply_delay(
+            self.faults
+                .check(FaultPoint::AtcFill, Some(devid), Some(pasid)),
+        )
+        .is_none()
     }
 
     fn endpoint_checked(&self, devid: u16, pasid: u32) -> Result<&Endpoint, AccessError> {
@@ -130,12 +145,7 @@ impl Iommu {
         let ep = self.endpoint_checked(devid, pasid)?;
         let gen = ep.gate.read().gen;
         let c = self.ats_request(mem, a)?;
-        if !c.is_fault()
-            && self
-                .faults
-                .check(FaultPoint::AtcFill, Some(devid), Some(pasid))
-                .is_none()
-        {
+        if !c.is_fault() && self.atc_fill_allowed(devid, pasid) {
             ep.gate.fill(gen, pasid, va & !0xfff, c);
         }
         Ok(c)
@@ -254,11 +264,7 @@ impl Iommu {
             let c = self.ats_request(mem, a)?;
             rep.completion = c;
             if c.allows(write) {
-                if self
-                    .faults
-                    .check(FaultPoint::AtcFill, Some(ep.devid), Some(pasid))
-                    .is_none()
-                {
+                if self.atc_fill_allowed(ep.devid, pasid) {
                     ep.gate.fill(gen, pasid, va, c);
                 }
                 // Use the completion unless an invalidation overtook it.
@@ -319,7 +325,7 @@ impl Iommu {
             flags,
         } = *a;
         let write = buf.is_write();
-        let dte = self.dte(mem, devid, false, va)?;
+        let dte = self.dte(mem, a, false, write)?;
         if !dte.v || !dte.tv || !dte.gv || self.control() & control::GT_EN == 0 {
             // No guest translation for PASID-tagged DMA: target abort.
             self.log_event(Event::io_page_fault(
@@ -336,7 +342,7 @@ impl Iommu {
             privileged: flags.privileged,
         };
         match self.translate(mem, a, &dte, req, Dirty::OnWrite, false) {
-            Err(()) => Err(AccessError::Device { va }),
+            Err(TableReadFailed) => Err(AccessError::Device { va }),
             Ok(Xlate::Fault) => Err(AccessError::Fault { va }),
             Ok(Xlate::Ok(e)) => {
                 let pa = e.pa_base | (va & ((1u64 << e.size_log2) - 1));
@@ -394,13 +400,30 @@ impl Iommu {
             addr: va & !0xfff,
         };
         let ctl = self.control();
-        let dte_ppr_ok = self
-            .dte(mem, ep.devid, true, va)
+        let dte = self.dte(mem, a, true, write);
+        let dte_ppr_ok = dte
+            .as_ref()
             .is_ok_and(|d| d.ppr || ctl & control::EPH_EN == 0);
-        let dropped = self
-            .faults
-            .check(FaultPoint::PriRequest, Some(ep.devid), Some(pasid))
-            == Some(FaultAction::Drop);
+        if let (Ok(d), PermissionMiss::Rewalk) = (&dte, self.cfg.ats_permission_miss) {
+            // The page request is the device's fault report: as an x86 TLB
+            // drops the entry of a faulting address (SDM 4.10.4.1), the
+            // IOMMU drops its IOTLB entry for the page, so the translation
+            // request after PRI Success walks the tables and sees a
+            // permission the kernel raised without invalidating.
+            let tag = Tag {
+                domain_id: d.domain_id,
+                pasid,
+            };
+            self.iotlb
+                .lock()
+                .unwrap()
+                .invalidate(tag, &SRange::aligned(va, 12));
+        }
+        let dropped = apply_delay(self.faults.check(
+            FaultPoint::PriRequest,
+            Some(ep.devid),
+            Some(pasid),
+        )) == Some(FaultAction::Drop);
         if ctl & control::PPR_LOG_EN == 0 || ctl & control::PPR_EN == 0 || !dte_ppr_ok {
             // PRI not accepted: INVALID_PPR_REQUEST in the PPR-like layout
             // (§5.3, §9) and an Invalid Request answer from the IOMMU itself.

@@ -23,13 +23,15 @@ mod access;
 mod audit;
 mod commands;
 pub mod port;
+mod sample;
 mod translate;
 pub mod types;
 
 pub use port::Port;
+pub use sample::{user_leaves, MappedLeaf};
 pub use types::{
-    AccessError, AccessFlags, AccessReport, BatchResult, Endpoint, IommuConfig, Stats, TraceEvent,
-    Tracer,
+    AccessError, AccessFlags, AccessReport, BatchResult, Endpoint, IommuConfig, PermissionMiss,
+    Stats, TraceEvent, Tracer,
 };
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -59,6 +61,9 @@ pub struct Iommu {
     faults: FaultInjector,
     stats: Stats,
     cmd_lock: Mutex<()>,
+    /// Invalidations a `defer` fault rule holds back until the next batch
+    /// (command GPA, command).
+    deferred: Mutex<Vec<(u64, crate::command::Command)>>,
     tracer: RwLock<Option<Arc<dyn Tracer>>>,
 }
 
@@ -97,6 +102,7 @@ impl Iommu {
             faults: FaultInjector::default(),
             stats: Stats::default(),
             cmd_lock: Mutex::new(()),
+            deferred: Mutex::new(Vec::new()),
             tracer: RwLock::new(None),
             cfg,
         }
@@ -195,6 +201,7 @@ impl Iommu {
         self.dte_cache.lock().unwrap().clear();
         self.iotlb.lock().unwrap().clear();
         self.pwc.lock().unwrap().clear();
+        self.deferred.lock().unwrap().clear();
         self.gen.fetch_add(1, Ordering::AcqRel);
         for ep in &self.endpoints {
             ep.gate.clear();

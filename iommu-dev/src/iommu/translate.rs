@@ -22,16 +22,27 @@ pub(super) enum Xlate {
     Fault,
 }
 
+/// A table read of the walk failed (outside guest RAM, or an injected
+/// `walk_read` failure); PAGE_TAB_HARDWARE_ERROR has been logged and the
+/// device sees a completer abort, not a translation fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TableReadFailed;
+
 impl Iommu {
-    /// The DTE of `devid` (cached, or read and checked); a failure has been
-    /// logged as the event hardware would write, and `va` names the request.
+    /// The DTE of the requester (cached, or read and checked); a failure has
+    /// been logged as the event hardware would write. Every request the
+    /// endpoints make carries a PASID, so events name it with GN=1, and
+    /// the request's address (§5.3).
     pub(super) fn dte(
         &self,
         mem: &Mem,
-        devid: u16,
+        a: &Access,
         ats: bool,
-        va: u64,
+        write: bool,
     ) -> Result<DteInfo, AccessError> {
+        let Access {
+            devid, pasid, va, ..
+        } = *a;
         let regs = *self.regs.read().unwrap();
         let Some(dt) = regs
             .devtab
@@ -43,9 +54,11 @@ impl Iommu {
             return Ok(d);
         }
         let tr = if ats { flag::TR } else { 0 };
+        let rw = if write { flag::RW } else { 0 };
         if u32::from(devid) >= dt.entries {
-            self.log_event(Event::invalid_device_request(devid, 0, tr, 2, 0));
-            return Err(AccessError::Device { va });
+            // No DTE to index: the request is handled as through a DTE
+            // with V=0 (§7.1, §9), never cached.
+            return Ok(DteInfo::default());
         }
         let gen = self.gen.load(Ordering::Acquire);
         let raw = match Dte::read(mem, dt.base, devid) {
@@ -65,7 +78,14 @@ impl Iommu {
             }
             Err(err) => {
                 log::warn!("device {devid:#06x}: illegal DTE: {err}");
-                self.log_event(Event::illegal_dte(devid, 0, flag::RZ | tr, 0));
+                // §5.3: DeviceID, PASID with GN, RW, TR, RZ and the address
+                // of the request that found the DTE illegal.
+                self.log_event(Event::illegal_dte(
+                    devid,
+                    pasid,
+                    flag::GN | flag::RZ | tr | rw,
+                    va,
+                ));
                 Err(AccessError::Device { va })
             }
         }
@@ -82,13 +102,25 @@ impl Iommu {
         req: Request,
         dirty: Dirty,
         ats: bool,
-    ) -> Result<Xlate, ()> {
+    ) -> Result<Xlate, TableReadFailed> {
         let Access {
             devid, pasid, va, ..
         } = *a;
+        let rw = if req.write { flag::RW } else { 0 };
+        let flags_base =
+            flag::GN | if ats { flag::TR } else { 0 } | if req.privileged { 0 } else { flag::US };
+        // No GCR3 entry: a not-present fault. ATS answers R=W=0 without an
+        // event; untranslated DMA logs IO_PAGE_FAULT (GN=1, PASID) unless
+        // DTE.SA (§2, §3.5).
+        let no_gcr3 = || {
+            if !ats && !dte.sa {
+                self.log_event(Event::io_page_fault(devid, pasid, flags_base | rw, va));
+            }
+            Ok(Xlate::Fault)
+        };
         // A PASID beyond what the GCR3 table's levels index has no entry.
         if pasid >> (9 * (u32::from(dte.glx) + 1)) != 0 {
-            return Ok(Xlate::Fault);
+            return no_gcr3();
         }
         let tag = Tag {
             domain_id: dte.domain_id,
@@ -108,8 +140,6 @@ impl Iommu {
         inc(&self.stats.iotlb_misses);
         let levels = if dte.five_level { 5 } else { 4 };
         let gen = self.gen.load(Ordering::Acquire);
-        let flags_base =
-            flag::GN | if ats { flag::TR } else { 0 } | if req.privileged { 0 } else { flag::US };
         if let Some(FaultAction::Fail) = apply_delay(self.faults.check(
             FaultPoint::WalkRead,
             Some(devid),
@@ -121,7 +151,7 @@ impl Iommu {
                 flags_base,
                 dte.gcr3_root,
             ));
-            return Err(());
+            return Err(TableReadFailed);
         }
         let cached = self.pwc.lock().unwrap().lookup(tag, va, levels);
         let start = match cached {
@@ -135,7 +165,7 @@ impl Iommu {
                     table: cr3 & !0xfff & ((1 << 52) - 1),
                     perms: Perms::ALL,
                 },
-                Err(Gcr3Fault::NotValid) => return Ok(Xlate::Fault),
+                Err(Gcr3Fault::NotValid) => return no_gcr3(),
                 Err(Gcr3Fault::Reserved { .. }) => {
                     self.log_event(Event::io_page_fault(
                         devid,
@@ -147,7 +177,7 @@ impl Iommu {
                 }
                 Err(Gcr3Fault::Memory(gpa)) => {
                     self.log_event(Event::page_tab_hw_error(devid, pasid, flags_base, gpa));
-                    return Err(());
+                    return Err(TableReadFailed);
                 }
             },
         };
@@ -159,7 +189,6 @@ impl Iommu {
             va,
             result: r.map(|t| (t.pa(va), t.size_log2)),
         });
-        let rw = if req.write { flag::RW } else { 0 };
         let nx = if req.exec { flag::NX } else { 0 };
         match r {
             Ok(t) => {
@@ -168,7 +197,7 @@ impl Iommu {
             }
             Err(WalkFault::Memory { gpa }) => {
                 self.log_event(Event::page_tab_hw_error(devid, pasid, flags_base | rw, gpa));
-                Err(())
+                Err(TableReadFailed)
             }
             Err(WalkFault::Reserved { .. }) => {
                 self.log_event(Event::io_page_fault(
@@ -198,10 +227,11 @@ impl Iommu {
         let Access {
             devid, pasid, va, ..
         } = *a;
-        if self
-            .faults
-            .check(FaultPoint::IotlbFill, Some(devid), Some(pasid))
-            .is_some()
+        if apply_delay(
+            self.faults
+                .check(FaultPoint::IotlbFill, Some(devid), Some(pasid)),
+        )
+        .is_some()
         {
             return;
         }

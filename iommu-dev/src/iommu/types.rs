@@ -29,6 +29,45 @@ pub struct IommuConfig {
     pub pri_timeout: Duration,
     pub event_log_entries: usize,
     pub ppr_log_entries: usize,
+    /// Whether a page request drops the IOTLB entry of its page
+    /// (docs/amd-iommu.md §8.4).
+    pub ats_permission_miss: PermissionMiss,
+}
+
+/// What the IOTLB does with its entry for a page the device sent a page
+/// request for (docs/fault-injection.md, "ats_permission_miss").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PermissionMiss {
+    /// Drop it (default), as an x86 TLB drops the entry of a faulting
+    /// address: the translation request after PRI Success walks the tables.
+    /// Linux raises permissions without an invalidation (wp_page_reuse()),
+    /// so this is what makes a write-fault upgrade work.
+    #[default]
+    Rewalk,
+    /// Keep answering from it until an invalidation removes it: after a
+    /// write-fault upgrade the device retranslates to the read-only entry
+    /// and gives up after 8 rounds (the write is lost).
+    Cached,
+}
+
+impl PermissionMiss {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PermissionMiss::Rewalk => "rewalk",
+            PermissionMiss::Cached => "cached",
+        }
+    }
+}
+
+impl std::str::FromStr for PermissionMiss {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rewalk" => Ok(PermissionMiss::Rewalk),
+            "cached" => Ok(PermissionMiss::Cached),
+            o => Err(format!("unknown value '{o}' (expected rewalk or cached)")),
+        }
+    }
 }
 
 impl Default for IommuConfig {
@@ -45,6 +84,7 @@ impl Default for IommuConfig {
             pri_timeout: Duration::from_secs(5),
             event_log_entries: 512,
             ppr_log_entries: 512,
+            ats_permission_miss: PermissionMiss::Rewalk,
         }
     }
 }

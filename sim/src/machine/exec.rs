@@ -1,293 +1,46 @@
-//! One execution of a script on the iommu-dev model: simulated guest memory
-//! with a DTE, a GCR3 table and 4-level x86-64 tables, the CPU steps, the
-//! IOMMU command processor and the device threads, each step atomic.
-//!
-//! Actors: 0 is the CPU, 1 the IOMMU command processor (it executes posted
-//! commands one per step), 2.. the device threads. Every step has a
-//! footprint (what it reads and writes) used by the explorer's reduction and
-//! to cut counterexamples down to what matters.
+//! The state of one execution of a [`Program`] on a [`Backend`]: each
+//! actor's next step and its footprint, the steps themselves with their
+//! timeline text, the data checks and the findings, and the [`ExecError`]
+//! that makes an execution fail.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 
-use iommu_dev::dte::GCR3_VALID;
-use iommu_dev::mem::{self, Mem};
 use iommu_dev::oracle::Rule;
 use iommu_dev::walker::{PTE_A, PTE_D, PTE_P, PTE_RW, PTE_US};
-use iommu_dev::{
-    AccessError, AccessFlags, AtsCompletion, Command, DevTableBase, Dte, FaultRule, Finding, Iommu,
-    IommuConfig, SRange, Source, TraceEvent, Tracer,
-};
-use vm_memory::GuestMemoryAtomic;
+use iommu_dev::{AccessError, AtsCompletion, Command, Finding, Source};
 
-use crate::script::{
-    CpuOp, DevOp, Hook, Kind, NonPresent, Perms, Range, Script, Step, Target, MAX_PAGES,
-};
+use super::program::{res, Cmd, CpuStep, Fp, Program};
+use super::{Backend, BackendError, Model, ADDR_MASK, CPU, END, IOMMU, MIGRATION_PTE, SWAP_PTE};
+use crate::script::{CpuOp, DevOp, Kind, NonPresent, Perms, Script};
 
-pub const DEVTAB_GPA: u64 = 0x1000;
-pub const GCR3_GPA: u64 = 0x2000;
-pub const CW_GPA: u64 = 0x3000;
-pub const CMDBUF_GPA: u64 = 0x4000;
-pub const PT_POOL: u64 = 0x1_0000;
-pub const PT_POOL_END: u64 = 0x4_0000;
-pub const DATA_BASE: u64 = 0x4_0000;
-pub const MEM_SIZE: usize = 0x8_0000;
-pub const DOMAIN_ID: u16 = 1;
-const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
-const SWAP_PTE: u64 = 0x5a5a_5000;
-const MIGRATION_PTE: u64 = 0x3c3c_3000;
-
-pub const CPU: usize = 0;
-pub const IOMMU: usize = 1;
-/// Actor of the final data check.
-pub const END: usize = usize::MAX;
-
-/// Footprint resources, as bits of a u128.
-pub mod res {
-    /// Present bits, addresses and permissions of the page tables.
-    pub const PT: u128 = 1 << 0;
-    /// Accessed/Dirty bits (the walker sets them).
-    pub const PT_AD: u128 = 1 << 1;
-    /// IOTLB and walk cache.
-    pub const IOTLB: u128 = 1 << 2;
-    /// The command queue.
-    pub const QUEUE: u128 = 1 << 3;
-    pub fn atc(dev: usize) -> u128 {
-        1 << (4 + dev)
-    }
-    pub const ATC_ALL: u128 = 0xff << 4;
-    pub fn word(i: usize) -> u128 {
-        1 << (16 + i)
-    }
-    pub const WORD_ALL: u128 = 0xffff_ffff << 16;
-    pub fn data(page: usize) -> u128 {
-        1 << (64 + page)
-    }
-    pub const DATA_ALL: u128 = !0u128 << 64;
-}
-
-/// What a step reads and writes. `c` are commuting updates: cache fills
-/// and A/D updates by translations, which leave the same state and give the
-/// same results in either order (the caches are far from full, a fill only
-/// adds what a walk of the current tables yields, A/D bits are only set),
-/// so two such updates do not conflict with each other, only with reads and
-/// writes of the same resource.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Fp {
-    pub r: u128,
-    pub w: u128,
-    pub c: u128,
-}
-
-impl Fp {
-    pub const NONE: Fp = Fp { r: 0, w: 0, c: 0 };
-
-    fn rw(r: u128, w: u128) -> Fp {
-        Fp { r: r | w, w, c: 0 }
-    }
-
-    /// Whether the two steps may not be swapped.
-    pub fn conflicts(&self, o: &Fp) -> bool {
-        self.w & (o.r | o.w | o.c) != 0
-            || o.w & (self.r | self.c) != 0
-            || self.c & o.r != 0
-            || o.c & self.r != 0
-    }
-}
-
-/// A CPU step after expansion of invalidations and hooks.
-#[derive(Debug, Clone)]
-pub enum CpuStep {
-    Op(CpuOp),
-    /// Post commands to the command buffer.
-    Post {
-        cmds: Vec<Cmd>,
-        what: String,
+/// What makes an execution fail: the script asks for something impossible,
+/// or the backend fails (a failure, not a finding; the last one is kept).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    /// A CPU `read` or `write` of a VA no PTE maps.
+    #[error("cpu {} unmapped {va}", if *.write { "write to" } else { "read of" })]
+    Unmapped { write: bool, va: String },
+    #[error("reset: {0}")]
+    Reset(BackendError),
+    #[error("audit: {0}")]
+    Audit(BackendError),
+    /// The IOMMU step could not execute a command.
+    #[error("{cmd}: {error}")]
+    Command { cmd: String, error: BackendError },
+    /// A device's translation request failed (not a translation fault).
+    #[error("{dev}: translate {va}: {error}")]
+    Translate {
+        dev: String,
+        va: String,
+        error: AccessError,
     },
-    /// Wait for the queue to drain (COMPLETION_WAIT done).
-    Wait,
-    /// A hook the notifier mode leaves without an invalidation.
-    Disabled(String),
-    /// The audit once the CPU sequence has finished.
-    Audit,
-}
-
-#[derive(Debug, Clone)]
-pub struct Cmd {
-    pub cmd: Command,
-    /// Which `inv#N` (0-based) it belongs to.
-    pub inv: Option<usize>,
-    pub text: String,
-}
-
-fn names(cmds: &[Cmd]) -> String {
-    let mut v: Vec<&str> = Vec::new();
-    for c in cmds {
-        let n = c.text.split(' ').next().unwrap_or("");
-        let n = n.strip_prefix("INVALIDATE_").unwrap_or(n);
-        if v.last() != Some(&n) {
-            v.push(n);
-        }
-    }
-    v.join(", ")
-}
-
-/// A script flattened into per-actor step lists.
-#[derive(Debug, Clone)]
-pub struct Program {
-    /// CPU steps with the script line they come from (the audit gets the
-    /// last CPU line).
-    pub cpu: Vec<(CpuStep, usize, String)>,
-    /// Per device: ops with their script line.
-    pub devs: Vec<Vec<(DevOp, usize)>>,
-    /// Invalidations (`inv`, enabled hooks) in order: line and text.
-    pub invs: Vec<(usize, String)>,
-    pub faults: Vec<FaultRule>,
-}
-
-impl Program {
-    pub fn new(s: &Script, extra_faults: &[FaultRule]) -> Program {
-        let mut cpu = Vec::new();
-        let mut devs = vec![Vec::new(); s.devices.len()];
-        let mut invs = Vec::new();
-        let mut last_cpu_line = 0;
-        let range_of = |r: &Range| match *r {
-            Range::All => SRange::EVERYTHING,
-            Range::Pages { first, last } => SRange::covering(first, last | 0xfff),
-        };
-        let cw = |n: usize| Cmd {
-            cmd: Command::CompletionWait {
-                store: true,
-                interrupt: false,
-                flush: false,
-                addr: CW_GPA,
-                data: n as u64 + 1,
-            },
-            inv: None,
-            text: "COMPLETION_WAIT".into(),
-        };
-        for l in &s.lines {
-            let text = l
-                .text
-                .strip_prefix("cpu")
-                .unwrap_or(&l.text)
-                .trim()
-                .to_string();
-            match &l.step {
-                Step::Dev { dev, ops } => devs[*dev].extend(ops.iter().map(|o| (*o, l.line))),
-                Step::Cpu(op) => {
-                    last_cpu_line = l.line;
-                    let inv = |target: Target, range: &Range, pasid: Option<u32>, idx: usize| {
-                        let mut v = Vec::new();
-                        let pasid = pasid.unwrap_or(s.pasid);
-                        let sr = range_of(range);
-                        let rt = s.range_text(range);
-                        if matches!(target, Target::Iommu | Target::Both) {
-                            v.push(Cmd {
-                                cmd: Command::InvalidateIommuPages {
-                                    domain_id: DOMAIN_ID,
-                                    pasid,
-                                    gn: true,
-                                    pde: true,
-                                    range: sr,
-                                },
-                                inv: Some(idx),
-                                text: format!("INVALIDATE_IOMMU_PAGES pasid {pasid} {rt}"),
-                            });
-                        }
-                        if matches!(target, Target::Atc | Target::Both) {
-                            for d in &s.devices {
-                                v.push(Cmd {
-                                    cmd: Command::InvalidateIotlbPages {
-                                        devid: d.devid,
-                                        pasid,
-                                        gn: true,
-                                        maxpend: 32,
-                                        queue_id: d.devid,
-                                        range: sr,
-                                    },
-                                    inv: Some(idx),
-                                    text: format!(
-                                        "INVALIDATE_IOTLB_PAGES {} pasid {pasid} {rt}",
-                                        d.name
-                                    ),
-                                });
-                            }
-                        }
-                        v
-                    };
-                    match op {
-                        CpuOp::Inv {
-                            target,
-                            range,
-                            pasid,
-                            wait,
-                        } => {
-                            let idx = invs.len();
-                            invs.push((l.line, text.clone()));
-                            let mut cmds = inv(*target, range, *pasid, idx);
-                            if *wait {
-                                cmds.push(cw(idx));
-                            }
-                            let what = format!("inv#{} posted: {}", idx + 1, names(&cmds));
-                            cpu.push((CpuStep::Post { cmds, what }, l.line, text.clone()));
-                            if *wait {
-                                cpu.push((CpuStep::Wait, l.line, text.clone()));
-                            }
-                        }
-                        CpuOp::Sync => {
-                            cpu.push((
-                                CpuStep::Post {
-                                    cmds: vec![cw(invs.len() + 1000)],
-                                    what: "posted: COMPLETION_WAIT".into(),
-                                },
-                                l.line,
-                                text.clone(),
-                            ));
-                            cpu.push((CpuStep::Wait, l.line, text.clone()));
-                        }
-                        CpuOp::Hook { hook, range } => {
-                            let name = match hook {
-                                Hook::Secondary => "secondary_tlbs",
-                                Hook::Start => "range_start",
-                                Hook::End => "range_end",
-                            };
-                            if s.notifier.enabled(*hook) {
-                                let idx = invs.len();
-                                invs.push((l.line, text.clone()));
-                                let mut cmds = inv(Target::Both, range, None, idx);
-                                cmds.push(cw(idx));
-                                let what =
-                                    format!("{name}: inv#{} posted: {}", idx + 1, names(&cmds));
-                                cpu.push((CpuStep::Post { cmds, what }, l.line, text.clone()));
-                                cpu.push((CpuStep::Wait, l.line, text.clone()));
-                            } else {
-                                cpu.push((
-                                    CpuStep::Disabled(format!(
-                                        "{name}: no flush in notifier mode {}",
-                                        s.notifier.name()
-                                    )),
-                                    l.line,
-                                    text.clone(),
-                                ));
-                            }
-                        }
-                        other => cpu.push((CpuStep::Op(other.clone()), l.line, text.clone())),
-                    }
-                }
-            }
-        }
-        cpu.push((CpuStep::Audit, last_cpu_line, "audit".into()));
-        let mut faults = s.faults.clone();
-        faults.extend(extra_faults.iter().cloned());
-        Program {
-            cpu,
-            devs,
-            invs,
-            faults,
-        }
-    }
+    /// A device's read or write failed (neither a miss nor a fault).
+    #[error("{dev}: {what}: {error}")]
+    Access {
+        dev: String,
+        what: String,
+        error: AccessError,
+    },
 }
 
 /// Who wrote a VA word's current value.
@@ -328,290 +81,6 @@ struct DevState {
     mode: Mode,
 }
 
-#[derive(Debug, Default)]
-struct Removed(AtomicUsize);
-
-impl Tracer for Removed {
-    fn trace(&self, ev: &TraceEvent) {
-        match ev {
-            TraceEvent::IotlbInvalidate { removed, .. }
-            | TraceEvent::AtcInvalidate { removed, .. } => {
-                self.0.fetch_add(*removed, Ordering::Relaxed);
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Device accesses and translations: user, ATC only (a miss is reported,
-/// not resolved), no PRI.
-fn dev_flags() -> AccessFlags {
-    AccessFlags {
-        no_pri: true,
-        atc_only: true,
-        ..AccessFlags::default()
-    }
-}
-
-/// What an execution runs on: the iommu-dev model with simulated guest
-/// memory ([`Model`]), or a real device (the guest's `amdvi-script`, which
-/// drives the daemon through `/dev/amdvi`). The judging (data checks,
-/// findings, timeline) is the same [`Exec`] code for both.
-///
-/// Pages are the script's pages by index; `pa` arguments are physical
-/// addresses of words inside them (`page_pa(page) | offset`).
-pub trait Backend {
-    /// Back to the script's initial state: no mappings, every page zero,
-    /// empty caches, no findings. An error makes the execution fail.
-    fn reset(&mut self) -> Result<(), String>;
-    /// The leaf entry of `va` (0 when no table maps it).
-    fn pte(&mut self, va: u64) -> u64;
-    /// Write the leaf entry of `va`, allocating tables as needed.
-    fn set_pte(&mut self, va: u64, pte: u64);
-    /// Physical address of a page.
-    fn page_pa(&self, page: usize) -> u64;
-    /// The page a physical address lies in.
-    fn page_of(&self, pa: u64) -> Option<usize>;
-    /// 8-byte CPU load / store of a word of a page.
-    fn load(&mut self, pa: u64) -> u64;
-    fn store(&mut self, pa: u64, v: u64);
-    /// Every 8-byte word of `page` becomes `v`.
-    fn fill(&mut self, page: usize, v: u64);
-    /// Copy 4 KiB.
-    fn copy(&mut self, from: usize, to: usize);
-    /// Whether two pages hold the same bytes.
-    fn identical(&mut self, a: usize, b: usize) -> bool;
-    /// Execute one command (the IOMMU command processor's step); the
-    /// number of cache entries it removed, when the backend can tell.
-    fn execute(&mut self, cmd: &Command) -> Result<Option<usize>, String>;
-    /// Device `dev` (index into the script's devices) sends an ATS
-    /// translation request for `va`; a successful completion fills its ATC.
-    fn translate(&mut self, dev: usize, va: u64) -> Result<AtsCompletion, AccessError>;
-    /// An 8-byte DMA read (`write` None; the value read is returned) or
-    /// write by device `dev`, through its ATC: the translation used and the
-    /// value. A backend whose device translates on a miss itself returns
-    /// `Fault` for a failed translation and never `AtcMiss`.
-    fn access(
-        &mut self,
-        dev: usize,
-        va: u64,
-        write: Option<u64>,
-    ) -> Result<(AtsCompletion, u64), AccessError>;
-    /// Per-access oracle findings since the last call (and clear them).
-    fn oracle(&mut self) -> Vec<Finding>;
-    /// Audit every cached translation of `pasid`: the stale ones.
-    fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, String>;
-}
-
-/// The iommu-dev model on simulated guest memory: a DTE per device, a
-/// one-level GCR3 table, 4-level tables from a pool, pages at `DATA_BASE`.
-pub struct Model {
-    iommu: Iommu,
-    mem: Mem,
-    removed: Arc<Removed>,
-    devids: Vec<u16>,
-    pasid: u32,
-    faults: Vec<FaultRule>,
-    cr3: u64,
-    next_table: u64,
-}
-
-impl std::fmt::Debug for Model {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model")
-            .field("devids", &self.devids)
-            .finish()
-    }
-}
-
-impl Model {
-    pub fn new(script: &Script, faults: &[FaultRule]) -> Model {
-        let mem = mem::anon(MEM_SIZE);
-        let cfg = IommuConfig {
-            endpoints: script.devices.iter().map(|d| d.devid).collect(),
-            iotlb_entries: 256,
-            pwc_entries: 256,
-            dte_cache_entries: 16,
-            atc_entries: 256,
-            oracle: true,
-            oracle_records: 64,
-            five_level: false,
-            event_log_entries: 64,
-            ppr_log_entries: 64,
-            ..IommuConfig::default()
-        };
-        let iommu = Iommu::new(cfg, GuestMemoryAtomic::new(mem.clone()));
-        let removed = Arc::new(Removed::default());
-        iommu.set_tracer(Some(removed.clone()));
-        let mut m = Model {
-            iommu,
-            mem,
-            removed,
-            devids: script.devices.iter().map(|d| d.devid).collect(),
-            pasid: script.pasid,
-            faults: faults.to_vec(),
-            cr3: PT_POOL,
-            next_table: PT_POOL + 0x1000,
-        };
-        m.setup();
-        m
-    }
-
-    fn setup(&mut self) {
-        let mem = &self.mem;
-        let cr3 = PT_POOL;
-        for &devid in &self.devids {
-            let dte = Dte::encode_v2(DOMAIN_ID, GCR3_GPA, 0, true, false);
-            for (i, q) in dte.0.iter().enumerate() {
-                mem::store_u64(
-                    mem,
-                    DEVTAB_GPA + u64::from(devid) * Dte::SIZE + 8 * i as u64,
-                    *q,
-                )
-                .expect("DTE in RAM");
-            }
-        }
-        mem::store_u64(mem, GCR3_GPA + 8 * u64::from(self.pasid), cr3 | GCR3_VALID)
-            .expect("GCR3 in RAM");
-        use iommu_dev::control;
-        self.iommu
-            .set_device_table(
-                DevTableBase::encode(DEVTAB_GPA, 1),
-                control::IOMMU_EN | control::GT_EN | control::CMD_BUF_EN | control::EVENT_LOG_EN,
-            )
-            .expect("device table");
-        for f in &self.faults {
-            self.iommu.faults().add(f.clone());
-        }
-        self.cr3 = cr3;
-        self.next_table = cr3 + 0x1000;
-    }
-
-    /// The leaf entry's GPA for `va`, allocating tables when `create`.
-    fn leaf_gpa(&mut self, va: u64, create: bool) -> Option<u64> {
-        let mut table = self.cr3;
-        for level in (2..=4u32).rev() {
-            let gpa = table + 8 * ((va >> (12 + 9 * (level - 1))) & 0x1ff);
-            let e = mem::load_u64(&self.mem, gpa).ok()?;
-            table = if e & PTE_P != 0 {
-                e & ADDR_MASK
-            } else if create {
-                let t = self.next_table;
-                assert!(t < PT_POOL_END, "page-table pool exhausted");
-                self.next_table += 0x1000;
-                mem::store_u64(&self.mem, gpa, t | PTE_P | PTE_RW | PTE_US).ok()?;
-                t
-            } else {
-                return None;
-            };
-        }
-        Some(table + 8 * ((va >> 12) & 0x1ff))
-    }
-
-    fn read_page(&self, page: usize) -> Vec<u8> {
-        let mut b = vec![0u8; 0x1000];
-        mem::read(&self.mem, page_gpa(page), &mut b).expect("page");
-        b
-    }
-}
-
-impl Backend for Model {
-    fn reset(&mut self) -> Result<(), String> {
-        self.iommu.reset();
-        self.iommu.faults().clear();
-        mem::write(&self.mem, 0, &vec![0u8; MEM_SIZE]).expect("guest memory");
-        self.setup();
-        Ok(())
-    }
-
-    fn pte(&mut self, va: u64) -> u64 {
-        self.leaf_gpa(va, false)
-            .and_then(|g| mem::load_u64(&self.mem, g).ok())
-            .unwrap_or(0)
-    }
-
-    fn set_pte(&mut self, va: u64, v: u64) {
-        let g = self.leaf_gpa(va, true).expect("leaf");
-        mem::store_u64(&self.mem, g, v).expect("PTE in RAM");
-    }
-
-    fn page_pa(&self, page: usize) -> u64 {
-        page_gpa(page)
-    }
-
-    fn page_of(&self, pa: u64) -> Option<usize> {
-        let p = pa.checked_sub(DATA_BASE)? >> 12;
-        ((p as usize) < MAX_PAGES).then_some(p as usize)
-    }
-
-    fn load(&mut self, pa: u64) -> u64 {
-        mem::load_u64(&self.mem, pa).unwrap_or(0)
-    }
-
-    fn store(&mut self, pa: u64, v: u64) {
-        mem::store_u64(&self.mem, pa, v).expect("data");
-    }
-
-    fn fill(&mut self, page: usize, v: u64) {
-        fill(&self.mem, page_gpa(page), v);
-    }
-
-    fn copy(&mut self, from: usize, to: usize) {
-        let b = self.read_page(from);
-        mem::write(&self.mem, page_gpa(to), &b).expect("page");
-    }
-
-    fn identical(&mut self, a: usize, b: usize) -> bool {
-        self.read_page(a) == self.read_page(b)
-    }
-
-    fn execute(&mut self, cmd: &Command) -> Result<Option<usize>, String> {
-        self.removed.0.store(0, Ordering::Relaxed);
-        let r = self.iommu.execute(&[(CMDBUF_GPA, cmd.encode())]);
-        if let Some((_, _, e)) = r.illegal {
-            return Err(format!("illegal command: {e}"));
-        }
-        Ok(Some(self.removed.0.load(Ordering::Relaxed)))
-    }
-
-    fn translate(&mut self, dev: usize, va: u64) -> Result<AtsCompletion, AccessError> {
-        self.iommu
-            .ats_translate(self.devids[dev], self.pasid, va, dev_flags())
-    }
-
-    fn access(
-        &mut self,
-        dev: usize,
-        va: u64,
-        write: Option<u64>,
-    ) -> Result<(AtsCompletion, u64), AccessError> {
-        let devid = self.devids[dev];
-        match write {
-            Some(v) => self
-                .iommu
-                .dma_write(devid, self.pasid, va, dev_flags(), &v.to_le_bytes())
-                .map(|r| (r.completion, v)),
-            None => {
-                let mut buf = [0u8; 8];
-                self.iommu
-                    .dma_read(devid, self.pasid, va, dev_flags(), &mut buf)
-                    .map(|r| (r.completion, u64::from_le_bytes(buf)))
-            }
-        }
-    }
-
-    fn oracle(&mut self) -> Vec<Finding> {
-        self.iommu.oracle().read(16, true).records
-    }
-
-    fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, String> {
-        self.iommu
-            .audit(pasid, 0, u64::MAX, 16)
-            .map(|(fs, _)| fs)
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// The state of one execution.
 pub struct Exec<'p, B: Backend = Model> {
     pub prog: &'p Program,
@@ -627,7 +96,7 @@ pub struct Exec<'p, B: Backend = Model> {
     pub inv_removed: Vec<usize>,
     pub log: Vec<Rec>,
     /// A script error (a CPU access to an unmapped VA, a model error).
-    pub error: Option<String>,
+    pub error: Option<ExecError>,
 }
 
 impl<B: Backend> std::fmt::Debug for Exec<'_, B> {
@@ -637,17 +106,6 @@ impl<B: Backend> std::fmt::Debug for Exec<'_, B> {
             .field("steps", &self.log.len())
             .finish()
     }
-}
-
-fn page_gpa(page: usize) -> u64 {
-    DATA_BASE + 0x1000 * page as u64
-}
-
-fn fill(mem: &Mem, gpa: u64, pattern: u64) {
-    let buf: Vec<u8> = std::iter::repeat_n(pattern.to_le_bytes(), 512)
-        .flatten()
-        .collect();
-    mem::write(mem, gpa, &buf).expect("data page in RAM");
 }
 
 fn leaf_bits(perms: Perms) -> u64 {
@@ -699,7 +157,7 @@ impl<'p, B: Backend> Exec<'p, B> {
         let r = self.backend.reset();
         self.setup();
         if let Err(e) = r {
-            self.error = Some(format!("reset: {e}"));
+            self.error = Some(ExecError::Reset(e));
         }
     }
 
@@ -961,7 +419,7 @@ impl<'p, B: Backend> Exec<'p, B> {
                             })
                         }
                     }
-                    Err(e) => self.error = Some(format!("audit: {e}")),
+                    Err(e) => self.error = Some(ExecError::Audit(e)),
                 }
                 "audit  [CPU sequence done]".into()
             }
@@ -1030,7 +488,10 @@ impl<'p, B: Backend> Exec<'p, B> {
             }
             CpuOp::Write { va, value } => {
                 let Some(pa) = self.cpu_pa(va) else {
-                    self.error = Some(format!("cpu write to unmapped {}", s.va_name(va)));
+                    self.error = Some(ExecError::Unmapped {
+                        write: true,
+                        va: s.va_name(va),
+                    });
                     return format!("{text}  [ERROR: not mapped]");
                 };
                 self.backend.store(pa, value);
@@ -1040,7 +501,10 @@ impl<'p, B: Backend> Exec<'p, B> {
             }
             CpuOp::Read { va } => {
                 let Some(pa) = self.cpu_pa(va) else {
-                    self.error = Some(format!("cpu read of unmapped {}", s.va_name(va)));
+                    self.error = Some(ExecError::Unmapped {
+                        write: false,
+                        va: s.va_name(va),
+                    });
                     return format!("{text}  [ERROR: not mapped]");
                 };
                 let v = self.load(pa);
@@ -1071,8 +535,12 @@ impl<'p, B: Backend> Exec<'p, B> {
         let n = match self.backend.execute(&c.cmd) {
             Ok(n) => n,
             Err(e) => {
-                self.error = Some(format!("{}: {e}", c.text));
-                return format!("iommu: {}: ERROR {e}", c.text);
+                let text = format!("iommu: {}: ERROR {e}", c.text);
+                self.error = Some(ExecError::Command {
+                    cmd: c.text,
+                    error: e,
+                });
+                return text;
             }
         };
         match (c.inv, n) {
@@ -1091,12 +559,13 @@ impl<'p, B: Backend> Exec<'p, B> {
         let (op, _) = self.prog.devs[d][st.pc];
         let va = op.va();
         let vn = s.va_name(va);
-        let translate = |e: &mut Self| -> Result<AtsCompletion, String> {
-            e.backend
-                .translate(d, va & !0xfff)
-                .map_err(|err| err.to_string())
+        let translate = |e: &mut Self| e.backend.translate(d, va & !0xfff);
+        let translate_error = |error| ExecError::Translate {
+            dev: name.clone(),
+            va: vn.clone(),
+            error,
         };
-        let comp_text = |e: &Self, c: &iommu_dev::AtsCompletion| {
+        let comp_text = |e: &Self, c: &AtsCompletion| {
             if c.is_fault() {
                 "fault (not present)".to_string()
             } else {
@@ -1113,7 +582,7 @@ impl<'p, B: Backend> Exec<'p, B> {
                 match translate(self) {
                     Ok(c) => format!("{name}: translate {vn} -> {}", comp_text(self, &c)),
                     Err(e) => {
-                        self.error = Some(format!("{name}: translate {vn}: {e}"));
+                        self.error = Some(translate_error(e));
                         format!("{name}: translate {vn}: ERROR {e}")
                     }
                 }
@@ -1137,7 +606,7 @@ impl<'p, B: Backend> Exec<'p, B> {
                         )
                     }
                     Err(e) => {
-                        self.error = Some(format!("{name}: translate {vn}: {e}"));
+                        self.error = Some(translate_error(e));
                         format!("{name}: translate {vn}: ERROR {e}")
                     }
                 }
@@ -1190,7 +659,11 @@ impl<'p, B: Backend> Exec<'p, B> {
                 return format!("{name}: {what}: the translation faults");
             }
             Err(e) => {
-                self.error = Some(format!("{name}: {what}: {e}"));
+                self.error = Some(ExecError::Access {
+                    dev: name.clone(),
+                    what: what.clone(),
+                    error: e,
+                });
                 self.devs[d] = DevState {
                     pc: pc + 1,
                     mode: Mode::Normal,
@@ -1313,3 +786,6 @@ impl<'p, B: Backend> Exec<'p, B> {
         self.queue.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;
