@@ -578,20 +578,17 @@ static int amdvi_ioc_dte_ats(struct amdvi_file *af, void __user *arg)
 
 /* ---- bind / unbind ---- */
 
-static int amdvi_ioc_bind(struct amdvi_file *af, void __user *arg)
+/* Bind @mm for this file; the bond is put at unbind or close. */
+static int amdvi_file_bind(struct amdvi_file *af, struct mm_struct *mm,
+			   u32 endpoint_mask, u32 *pasid)
 {
-	struct amdvi_ioc_bind u;
 	struct amdvi_file_bond *fb;
 	struct amdvi_bond *bond;
 
-	if (copy_from_user(&u, arg, sizeof(u)))
-		return -EFAULT;
-	if (u.flags)
-		return -EINVAL;
 	fb = kzalloc(sizeof(*fb), GFP_KERNEL);
 	if (!fb)
 		return -ENOMEM;
-	bond = amdvi_bind(af->ad, current->mm, u.endpoint_mask);
+	bond = amdvi_bind(af->ad, mm, endpoint_mask);
 	if (IS_ERR(bond)) {
 		kfree(fb);
 		return PTR_ERR(bond);
@@ -600,7 +597,22 @@ static int amdvi_ioc_bind(struct amdvi_file *af, void __user *arg)
 	mutex_lock(&af->lock);
 	list_add_tail(&fb->node, &af->bonds);
 	mutex_unlock(&af->lock);
-	u.pasid = amdvi_bond_pasid(bond);
+	*pasid = amdvi_bond_pasid(bond);
+	return 0;
+}
+
+static int amdvi_ioc_bind(struct amdvi_file *af, void __user *arg)
+{
+	struct amdvi_ioc_bind u;
+	int ret;
+
+	if (copy_from_user(&u, arg, sizeof(u)))
+		return -EFAULT;
+	if (u.flags)
+		return -EINVAL;
+	ret = amdvi_file_bind(af, current->mm, u.endpoint_mask, &u.pasid);
+	if (ret)
+		return ret;
 	if (copy_to_user(arg, &u, sizeof(u)))
 		return -EFAULT;		/* stays bound until close */
 	return 0;
@@ -663,10 +675,9 @@ static struct task_struct *amdvi_traced_task(int pidfd)
 static int amdvi_ioc_bind_pid(struct amdvi_file *af, void __user *arg)
 {
 	struct amdvi_ioc_bind_pid u;
-	struct amdvi_file_bond *fb;
 	struct task_struct *task;
-	struct amdvi_bond *bond;
 	struct mm_struct *mm;
+	int ret;
 
 	if (copy_from_user(&u, arg, sizeof(u)))
 		return -EFAULT;
@@ -679,23 +690,11 @@ static int amdvi_ioc_bind_pid(struct amdvi_file *af, void __user *arg)
 	put_task_struct(task);
 	if (!mm)
 		return -ESRCH;
-	fb = kzalloc(sizeof(*fb), GFP_KERNEL);
-	if (!fb) {
-		mmput(mm);
-		return -ENOMEM;
-	}
-	bond = amdvi_bind(af->ad, mm, u.endpoint_mask);
+	ret = amdvi_file_bind(af, mm, u.endpoint_mask, &u.pasid);
 	/* the bond holds mm_count only: exit and exec still release the mm */
 	mmput(mm);
-	if (IS_ERR(bond)) {
-		kfree(fb);
-		return PTR_ERR(bond);
-	}
-	fb->bond = bond;
-	mutex_lock(&af->lock);
-	list_add_tail(&fb->node, &af->bonds);
-	mutex_unlock(&af->lock);
-	u.pasid = amdvi_bond_pasid(bond);
+	if (ret)
+		return ret;
 	if (copy_to_user(arg, &u, sizeof(u)))
 		return -EFAULT;		/* stays bound until close */
 	return 0;
