@@ -58,7 +58,7 @@ int dev_oracle(int fd, int audit, uint32_t pasid, uint64_t va, uint64_t len,
 	       uint32_t flags, struct amdvi_ioc_finding *recs, uint32_t max,
 	       struct amdvi_ioc_oracle *out);
 
-/* ---- helpers that account into a ctx and report failures ---- */
+/* ---- helpers that account into a ctx and report failures (common.c) ---- */
 
 /* start a stream from the fixture; fails the scenario on error (returns 0) */
 uint32_t stream_begin(struct ctx *c, struct stream_cfg *cfg);

@@ -37,7 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "amdvi_uapi.h"
+#include "amdvi_lib.h"
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -52,59 +52,9 @@
 
 #define ST_OK	0
 
-/*
- * Own wrappers rather than amdvi_lib.c: that one is built with the suite's
- * harness (scenario table) and this program has none.
- */
 static int xioctl(int fd, unsigned long cmd, void *arg)
 {
 	return ioctl(fd, cmd, arg) ? -errno : 0;
-}
-
-static int dev_stats(int fd, struct amdvi_ioc_stats *st)
-{
-	memset(st, 0, sizeof(*st));
-	return xioctl(fd, AMDVI_IOC_STATS, st);
-}
-
-static int dev_stream_ctl(int fd, uint32_t id, int stop,
-			  struct amdvi_ioc_stream_counts *counts)
-{
-	struct amdvi_ioc_stream s = { .stream_id = id };
-	int ret = xioctl(fd, stop ? AMDVI_IOC_STREAM_STOP :
-				    AMDVI_IOC_STREAM_STATUS, &s);
-
-	if (ret)
-		return ret;
-	*counts = s.counts;
-	return s.status;
-}
-
-static int dev_oracle_read(int fd, uint32_t flags,
-			   struct amdvi_ioc_finding *recs, uint32_t max,
-			   struct amdvi_ioc_oracle *out)
-{
-	memset(out, 0, sizeof(*out));
-	out->flags = flags;
-	out->records = (uintptr_t)recs;
-	out->max_records = recs ? max : 0;
-	return xioctl(fd, AMDVI_IOC_ORACLE_READ, out);
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void msleep(unsigned int ms)
-{
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
-
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
 }
 
 struct opts {
@@ -350,8 +300,8 @@ int main(int argc, char **argv)
 	test_name(&o, name, sizeof(name));
 	printf("KTAP version 1\n1..1\n");
 
-	fd = open("/dev/" AMDVI_DEV_NAME, O_RDWR | O_CLOEXEC);
-	if (fd < 0 || xioctl(fd, AMDVI_IOC_INFO, &info) || !(info.features & AMDVI_FEAT_SVA) ||
+	fd = dev_open();
+	if (fd < 0 || dev_info(fd, &info) || !(info.features & AMDVI_FEAT_SVA) ||
 	    !info.num_endpoints) {
 		printf("# amdvi-shadow: /dev/amdvi unusable (no module, no SVA or no endpoint)\n");
 		printf("not ok 1 %s\n", name);
@@ -359,7 +309,7 @@ int main(int argc, char **argv)
 	}
 	refusal = check_refusals(fd);
 	/* start from an empty oracle and a counter snapshot */
-	dev_oracle_read(fd, AMDVI_ORACLE_CLEAR, NULL, 0, &orc);
+	dev_oracle(fd, 0, 0, 0, 0, AMDVI_ORACLE_CLEAR, NULL, 0, &orc);
 	if (dev_stats(fd, &s0))
 		memset(&s0, 0, sizeof(s0));
 	t0 = now_ms();
@@ -375,12 +325,9 @@ int main(int argc, char **argv)
 	if (!dev_stats(fd, &sx))
 		releases = sx.mod[AMDVI_MC_NOTIF_RELEASE] -
 			   s0.mod[AMDVI_MC_NOTIF_RELEASE];
-	if (r.pasid) {
-		struct amdvi_ioc_unbind u = { .pasid = r.pasid };
-
-		xioctl(fd, AMDVI_IOC_UNBIND, &u);
-	}
-	dev_oracle_read(fd, AMDVI_ORACLE_CLEAR, recs, AMDVI_ORACLE_RECORDS,
+	if (r.pasid)
+		dev_unbind(fd, r.pasid);
+	dev_oracle(fd, 0, 0, 0, 0, AMDVI_ORACLE_CLEAR, recs, AMDVI_ORACLE_RECORDS,
 			&orc);
 	if (dev_stats(fd, &s1))
 		memset(&s1, 0, sizeof(s1));

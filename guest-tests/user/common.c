@@ -250,3 +250,99 @@ bool device_reads(struct ctx *c, const void *va, const void *want, size_t len,
 	free(tmp);
 	return ret == ST_OK;
 }
+
+/* ---- device helpers that account into a ctx and report failures ---- */
+
+uint32_t stream_begin(struct ctx *c, struct stream_cfg *cfg)
+{
+	uint32_t id = 0;
+	int ret;
+
+	if (!cfg->pasid)
+		cfg->pasid = c->pasid;
+	if (!cfg->stride)
+		cfg->stride = 512;
+	ret = dev_stream_start(c->fd, cfg, &id);
+	if (ret != ST_OK) {
+		fail(c, "STREAM_START on %p+%#zx: expected OK, saw %s",
+		     cfg->va, cfg->len,
+		     ret < 0 ? strerror(-ret) : status_name(ret));
+		return 0;
+	}
+	return id;
+}
+
+void stream_end(struct ctx *c, uint32_t id,
+		struct amdvi_ioc_stream_counts *counts)
+{
+	struct amdvi_ioc_stream_counts k;
+	int ret;
+
+	memset(&k, 0, sizeof(k));
+	if (!id)
+		goto out;
+	ret = dev_stream_ctl(c->fd, id, 1, &k);
+	if (ret != ST_OK) {
+		fail(c, "STREAM_STOP %u: expected OK, saw %s", id,
+		     ret < 0 ? strerror(-ret) : status_name(ret));
+		goto out;
+	}
+	c->accesses += k.reads + k.writes + k.translations;
+	if (k.errors)
+		diag(c, "stream %u: %llu accesses ended with device errors",
+		     id, (unsigned long long)k.errors);
+out:
+	if (counts)
+		*counts = k;
+}
+
+void print_findings(struct ctx *c, const struct amdvi_ioc_finding *f,
+		    unsigned int n, unsigned int max_print)
+{
+	static const char * const src[] = { "?", "ATC", "IOTLB", "walk" };
+
+	for (unsigned int i = 0; i < n && i < max_print; i++, f++)
+		diag(c, "  finding rule=%s%u devid=%04x %s pasid=%u %s va=%#llx cached_pa=%#llx current_pte=%#llx epoch=%llu",
+		     f->rule == AMDVI_RULE_STALE ? "STALE/" : "R",
+		     f->rule, f->devid, src[f->source < 4 ? f->source : 0],
+		     f->pasid, f->write ? "write" : "read",
+		     (unsigned long long)f->va,
+		     (unsigned long long)f->cached_pa,
+		     (unsigned long long)f->current_pte,
+		     (unsigned long long)f->epoch);
+}
+
+void audit(struct ctx *c, uint32_t pasid, const void *va, size_t len,
+	   const char *after)
+{
+	struct amdvi_ioc_finding rec[8];
+	struct amdvi_ioc_oracle o;
+	int ret;
+
+	ret = dev_oracle(c->fd, 1, pasid, (uintptr_t)va, len, 0, rec, 8, &o);
+	if (ret < 0 || o.status != ST_OK) {
+		fail(c, "ORACLE_AUDIT after %s: expected status OK, saw %s",
+		     after, ret < 0 ? strerror(-ret) : status_name(o.status));
+		return;
+	}
+	c->stale += o.count[AMDVI_CNT_STALE];
+	if (o.count[AMDVI_CNT_STALE]) {
+		fail(c, "audit after %s: expected no stale translation for pasid %u in %p+%#zx, saw %llu",
+		     after, pasid, va, len,
+		     (unsigned long long)o.count[AMDVI_CNT_STALE]);
+		print_findings(c, rec, o.nrecords, 8);
+	}
+}
+
+int dacc(struct ctx *c, uint32_t pasid, uint8_t op, const void *va, void *buf,
+	 uint32_t len, struct amdvi_ioc_access *out)
+{
+	c->accesses++;
+	return dev_access(c->fd, c->ep_data, pasid ? pasid : c->pasid, op, 0,
+			  (uintptr_t)va, buf, len, out);
+}
+
+void epoch_bump(struct ctx *c)
+{
+	dev_epoch(c->fd, AMDVI_EPOCH_ADD, 1, NULL);
+}
