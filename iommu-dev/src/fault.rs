@@ -275,6 +275,17 @@ impl FaultInjector {
         self.injected.load(Ordering::Relaxed)
     }
 
+    /// Whether any rule names `point` (without counting a hit).
+    pub fn watches(&self, point: FaultPoint) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self
+                .rules
+                .read()
+                .unwrap()
+                .iter()
+                .any(|a| a.rule.point == point)
+    }
+
     /// Whether a rule fires at `point` for this device and PASID.
     pub fn check(
         &self,

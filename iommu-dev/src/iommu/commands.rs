@@ -47,7 +47,12 @@ impl Iommu {
             inc(&self.stats.commands);
             self.trace(TraceEvent::Command { gpa: *gpa, cmd });
             if injected != Some(FaultAction::Drop) {
-                if let Err(err) = self.run(cmd, *gpa, deferred[i], &mut res) {
+                if let Err(err) = self.run(
+                    cmd,
+                    *gpa,
+                    deferred.get(i).copied().unwrap_or(false),
+                    &mut res,
+                ) {
                     inc(&self.stats.illegal_commands);
                     res.illegal = Some((i, *gpa, err));
                     return res;
@@ -61,7 +66,12 @@ impl Iommu {
     /// For each command, whether it sits ahead of a COMPLETION_WAIT that a
     /// `completion_wait: defer` rule makes report early: the IOMMU and ATC
     /// invalidations since the previous wait then take effect after it.
+    /// Empty (nothing deferred) unless a rule watches COMPLETION_WAIT, so
+    /// a batch is decoded a second time only under that planted bug.
     fn deferred_segments(&self, cmds: &[(u64, [u8; 16])]) -> Vec<bool> {
+        if !self.faults.watches(FaultPoint::CompletionWait) {
+            return Vec::new();
+        }
         let mut out = vec![false; cmds.len()];
         let mut from = 0;
         for (i, (_, raw)) in cmds.iter().enumerate() {
