@@ -163,6 +163,37 @@ static uint64_t pfn_of(const void *addr)
 }
 
 /*
+ * MiB free on the node this thread runs on (from the node's meminfo; the
+ * whole system's MemFree when the node files are absent), 0 when unknown.
+ */
+static unsigned int node_free_mib(void)
+{
+	unsigned int cpu = 0, node = 0;
+	unsigned long kb = 0;
+	char path[64], line[128];
+	FILE *f;
+
+	if (syscall(SYS_getcpu, &cpu, &node, NULL))
+		node = 0;
+	snprintf(path, sizeof(path), "/sys/devices/system/node/node%u/meminfo", node);
+	f = fopen(path, "r");
+	if (f) {
+		while (fgets(line, sizeof(line), f))
+			if (sscanf(line, "Node %*u MemFree: %lu kB", &kb) == 1)
+				break;
+	} else {
+		f = fopen("/proc/meminfo", "r");
+		if (!f)
+			return 0;
+		while (fgets(line, sizeof(line), f))
+			if (sscanf(line, "MemFree: %lu kB", &kb) == 1)
+				break;
+	}
+	fclose(f);
+	return kb >> 10;
+}
+
+/*
  * Fragment: free every other page of a large range, keep the even pages
  * under a write stream, compact all zones.  Pages compaction moves must
  * keep their content and the device's writes.  @moved: how many of the
@@ -236,18 +267,33 @@ static void compact_once(struct ctx *c, unsigned int filler_mib,
 }
 
 /*
- * Compaction may leave a fresh range where it is (its free scanner works
- * from the top of the zone); up to four rounds, each on a new range, every
- * other one allocated after a 128 MiB filler, until one round moved some of
- * the streamed pages.
+ * Compaction's migrate scanner works up from the bottom of the zone and its
+ * free scanner down from the top; a range the allocator handed out near the
+ * top is left where it is.  The buddy allocator gives the most recently
+ * freed (highest) pages first, so each round takes a larger filler before
+ * the range, which pushes the range lower: none, 128 MiB, half and then all
+ * but 48 MiB of the node's free memory.  Up to four rounds, until one moved
+ * some of the streamed pages.
  */
 void t_compaction(struct ctx *c)
 {
 	unsigned int moved = 0, round;
 
 	for (round = 1; round <= 4 && !moved && !c->failed && !c->skipped;
-	     round++)
-		compact_once(c, round & 1 ? 0 : 128, &moved);
+	     round++) {
+		unsigned int free_mib = node_free_mib();
+		unsigned int filler = 0;
+
+		if (round == 2)
+			filler = 128;
+		else if (round == 3)
+			filler = free_mib / 2;
+		else if (round == 4 && free_mib > 64)
+			filler = free_mib - 48;
+		diag(c, "compaction round %u: filler %u MiB of %u MiB free on the node",
+		     round, filler, free_mib);
+		compact_once(c, filler, &moved);
+	}
 	if (!moved && !c->failed && !c->skipped)
 		skip(c, "compaction moved none of the streamed pages in %u rounds",
 		     round - 1);
