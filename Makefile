@@ -30,27 +30,20 @@ SIM_SCRIPTS ?= $(sort $(wildcard sim/scripts/*.amdvi))
 sim:
 	$(CARGO) run --release -q -p amdvi-sim -- $(SIM_SCRIPTS)
 
-test: lint test-rust sim test-vm test-negative test-scripts-vm matrix shadow mutants
+test: lint test-rust fuzz-smoke sim test-vm test-negative test-scripts-vm matrix shadow mutants
 
 bench:
 	$(CARGO) bench -p iommu-dev
 
-# Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each, from its seed corpus
-# (fuzz/corpus/<target>, read-only) into build/fuzz/<target>. Needs the
-# nightly toolchain and cargo-fuzz (cargo install cargo-fuzz). Not part of
-# `make test`.
+# Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each (FUZZ_RUNS stops a
+# target earlier after that many executions), from its seed corpus into
+# build/fuzz/<target>; a table of executions and crashes, non-zero on a
+# crash. Installs cargo-fuzz when missing; needs the nightly toolchain.
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS ?= config_toml ktap sim_script dte_gcr3 walker commands dispatcher vhost_user
 
 fuzz-smoke:
-	cd fuzz && $(CARGO) +nightly fuzz build -O
-	set -e; for t in $(FUZZ_TARGETS); do \
-		mkdir -p build/fuzz/$$t; \
-		echo "== fuzz $$t ($(FUZZ_SECONDS) s)"; \
-		(cd fuzz && $(CARGO) +nightly fuzz run -O $$t ../build/fuzz/$$t corpus/$$t -- \
-			-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | \
-			grep -E '^(stat::number_of_executed_units|stat::new_units_added|==[0-9]+== ERROR|SUMMARY)' ); \
-	done
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 clean:
 	$(CARGO) clean
