@@ -40,10 +40,11 @@ bench:
 # build/fuzz/<target>; a table of executions and crashes, non-zero on a
 # crash. Installs cargo-fuzz when missing; needs the nightly toolchain.
 FUZZ_SECONDS ?= 30
+FUZZ_RUNS ?= 0
 FUZZ_TARGETS ?= config_toml ktap sim_script dte_gcr3 walker commands dispatcher vhost_user
 
 fuzz-smoke:
-	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh $(FUZZ_TARGETS)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) scripts/fuzz.sh $(FUZZ_TARGETS)
 
 clean:
 	$(CARGO) clean
