@@ -207,6 +207,8 @@ static void compact_once(struct ctx *c, unsigned int filler_mib,
 	uint64_t *pfn = calloc(kept, sizeof(*pfn));
 	struct amdvi_ioc_stream_counts k;
 	uint64_t mig0 = vmstat("pgmigrate_success");
+	uint64_t fail0 = vmstat("pgmigrate_fail");
+	uint64_t scan0 = vmstat("compact_migrate_scanned");
 	unsigned int moved = 0, bad = 0;
 	/*
 	 * A filler taken first and freed after the fragmentation leaves a
@@ -253,8 +255,10 @@ static void compact_once(struct ctx *c, unsigned int filler_mib,
 			}
 		}
 	}
-	diag(c, "compaction moved %u of the %u streamed pages (pgmigrate_success +%llu)",
-	     moved, kept, (unsigned long long)(vmstat("pgmigrate_success") - mig0));
+	diag(c, "compaction moved %u of the %u streamed pages (pgmigrate_success +%llu, pgmigrate_fail +%llu, compact_migrate_scanned +%llu)",
+	     moved, kept, (unsigned long long)(vmstat("pgmigrate_success") - mig0),
+	     (unsigned long long)(vmstat("pgmigrate_fail") - fail0),
+	     (unsigned long long)(vmstat("compact_migrate_scanned") - scan0));
 	CHECK(c, bad == 0,
 	      "pages after compaction: expected the pattern past each stream slot, saw %u pages changed",
 	      bad);
