@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -345,4 +346,50 @@ int dacc(struct ctx *c, uint32_t pasid, uint8_t op, const void *va, void *buf,
 void epoch_bump(struct ctx *c)
 {
 	dev_epoch(c->fd, AMDVI_EPOCH_ADD, 1, NULL);
+}
+
+static void *spinner_fn(void *arg)
+{
+	struct spinner *s = arg;
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(s->cpu, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+	while (!s->stop)
+		__asm__ volatile("pause");
+	return NULL;
+}
+
+bool spinner_start(struct spinner *s)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	int here = sched_getcpu();
+	cpu_set_t set;
+
+	memset(s, 0, sizeof(*s));
+	if (n < 2 || here < 0 || sched_getaffinity(0, sizeof(s->saved), &s->saved))
+		return false;
+	CPU_ZERO(&set);
+	CPU_SET(here, &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		return false;
+	s->cpu = (here + 1) % n;
+	if (pthread_create(&s->th, NULL, spinner_fn, s)) {
+		sched_setaffinity(0, sizeof(s->saved), &s->saved);
+		return false;
+	}
+	s->on = true;
+	usleep(5000);	/* let it run on its CPU, with this mm loaded there */
+	return true;
+}
+
+void spinner_stop(struct spinner *s)
+{
+	if (!s->on)
+		return;
+	s->stop = 1;
+	pthread_join(s->th, NULL);
+	sched_setaffinity(0, sizeof(s->saved), &s->saved);
+	s->on = false;
 }

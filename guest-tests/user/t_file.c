@@ -203,7 +203,9 @@ void t_file_reclaim(struct ctx *c)
 	size_t len = n * PAGE_SZ, hl = half * PAGE_SZ;
 	uint8_t *want = malloc(len), *ps = MAP_FAILED, *pp = MAP_FAILED;
 	unsigned int before, after, tries;
+	struct spinner sp;
 	char path[128];
+	int ret;
 	uint32_t s1, s2;
 	int fd;
 
@@ -235,9 +237,10 @@ void t_file_reclaim(struct ctx *c)
 	for (tries = 0, after = before; tries < 4 && after == before; tries++) {
 		if (tries)
 			msleep(20);
-		CHECK(c, !madvise(ps, hl, MADV_PAGEOUT) &&
-		      !madvise(pp, hl, MADV_PAGEOUT),
-		      "MADV_PAGEOUT of file pages: expected success, saw %s",
+		spinner_start(&sp);
+		ret = madvise(ps, hl, MADV_PAGEOUT) || madvise(pp, hl, MADV_PAGEOUT);
+		spinner_stop(&sp);
+		CHECK(c, !ret, "MADV_PAGEOUT of file pages: expected success, saw %s",
 		      strerror(errno));
 		after = cached_pages(ps, half) + cached_pages(pp, half);
 	}

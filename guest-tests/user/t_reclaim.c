@@ -62,7 +62,9 @@ void t_swap_pageout(struct ctx *c)
 	unsigned int sw, absent;
 	uint8_t *buf, *want;
 	char why[160];
+	struct spinner sp;
 	uint32_t sid;
+	int ret;
 
 	if (setup_reason(SWAP_REASON, why, sizeof(why))) {
 		skip(c, "no swap: %s", why);
@@ -78,7 +80,10 @@ void t_swap_pageout(struct ctx *c)
 	sid = stream_begin(c, &(struct stream_cfg){ .ep = c->ep_stream,
 		.va = buf, .len = hl, .rd = 1, .tr = 1, .rate = c->rate });
 	msleep(10);
-	if (madvise(buf, len, MADV_PAGEOUT)) {
+	spinner_start(&sp);
+	ret = madvise(buf, len, MADV_PAGEOUT);
+	spinner_stop(&sp);
+	if (ret) {
 		stream_end(c, sid, NULL);
 		skip(c, "MADV_PAGEOUT: %s", strerror(errno));
 		goto out;
@@ -99,8 +104,11 @@ void t_swap_pageout(struct ctx *c)
 	audit(c, c->pasid, buf, len, "swap-in by page requests");
 
 	/* out again, and back in under a write stream */
-	REQUIRE(c, !madvise(buf, len, MADV_PAGEOUT),
-		"second MADV_PAGEOUT: expected success, saw %s", strerror(errno));
+	spinner_start(&sp);
+	ret = madvise(buf, len, MADV_PAGEOUT);
+	spinner_stop(&sp);
+	REQUIRE(c, !ret, "second MADV_PAGEOUT: expected success, saw %s",
+		strerror(errno));
 	epoch_bump(c);
 	count_pages(buf, n, &sw, &absent);
 	diag(c, "second MADV_PAGEOUT: %u of %u pages swapped out", sw, n);
@@ -136,6 +144,7 @@ void t_madv_free(struct ctx *c)
 	size_t len = n * PAGE_SZ;
 	uint8_t *buf = map_anon(len), *want = malloc(len), *snap = malloc(len);
 	unsigned int sw, absent, zeroed = 0;
+	struct spinner sp;
 	uint32_t sid;
 	int ret;
 
@@ -168,7 +177,9 @@ void t_madv_free(struct ctx *c)
 		      i, st_str(ret));
 		*(uint64_t *)(want + i * PAGE_SZ + 64) = v;
 	}
+	spinner_start(&sp);
 	ret = madvise(buf, len, MADV_PAGEOUT);
+	spinner_stop(&sp);
 	CHECK(c, !ret, "MADV_PAGEOUT after MADV_FREE: expected success, saw %s",
 	      strerror(errno));
 	epoch_bump(c);

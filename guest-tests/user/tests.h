@@ -6,6 +6,8 @@
 #ifndef AMDVI_TESTS_H
 #define AMDVI_TESTS_H
 
+#include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -50,6 +52,23 @@ bool setup_reason(const char *path, char *buf, size_t len);
 void hold_translations(struct ctx *c, const void *buf, size_t len);
 bool device_reads(struct ctx *c, const void *va, const void *want, size_t len,
 		  const char *what);
+
+/*
+ * A thread of this mm spinning on another CPU while the caller is pinned to
+ * its own: x86 defers an unmap's flush to the batched path
+ * (arch_tlbbatch_should_defer) only for an mm loaded on other CPUs, as in
+ * any multi-threaded program.  false on a single CPU.
+ */
+struct spinner {
+	pthread_t th;
+	cpu_set_t saved;
+	volatile int stop;
+	int cpu;
+	bool on;
+};
+
+bool spinner_start(struct spinner *s);
+void spinner_stop(struct spinner *s);
 
 /* what /init set up for the mm scenarios (guest-tests/initramfs/init) */
 #define SWAP_REASON	"/run/amdvi-swap.reason"
