@@ -24,7 +24,7 @@ struct Args {
 
     /// TOML configuration: endpoints, cache sizes, oracle, timeouts, limits,
     /// fault rules [default: built-in, as configs/default.toml].
-    #[arg(short = 'c', long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
     /// Write the device counters (summed over connections) as JSON to FILE
