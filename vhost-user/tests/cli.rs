@@ -58,6 +58,25 @@ fn bad_arguments() {
     one_line_exit_2(&["-s"], &["--socket-path"]);
     one_line_exit_2(&["-s", "/tmp/x.sock", "--config"], &["--config"]);
     one_line_exit_2(&["-s", "/tmp/x.sock", "-c", "x.toml"], &["-c"]);
+    one_line_exit_2(
+        &["-s", "/tmp/x.sock", "-s", "/tmp/y.sock"],
+        &["more than once"],
+    );
+    one_line_exit_2(
+        &["-s", "/tmp/x.sock", "--stats-interval-ms", "5"],
+        &["--stats-json"],
+    );
+    one_line_exit_2(
+        &[
+            "-s",
+            "/tmp/x.sock",
+            "--stats-json",
+            "/tmp/x.json",
+            "--stats-interval-ms",
+            "0",
+        ],
+        &["--stats-interval-ms", "'0'"],
+    );
 }
 
 fn bad_config(text: &str, key: &str, reason: &str) {
