@@ -151,8 +151,10 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::Bytes;
 
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+
+    const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
 
     fn mem() -> Mem {
         iommu_dev::mem::anon(0x40_0000)
