@@ -9,8 +9,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use iommu_dev::Mem;
 
+use crate::virtio_amdvi as w;
+
 /// The largest readable part a request can have: header, ENDPOINT body and 64 KiB of data.
-pub const MAX_READABLE: usize = 8 + 24 + 65536;
+pub const MAX_READABLE: usize =
+    size_of::<w::ReqHdr>() + size_of::<w::Endpoint>() + w::ep::MAX_LEN as usize;
 
 /// What is wrong with a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
