@@ -67,6 +67,8 @@ pub mod ep {
 }
 
 pub const MAX_COMMANDS: u32 = 512;
+/// One command of a COMMANDS request, in the IOMMU's command-buffer format.
+pub type Command = [u8; 16];
 pub const MAX_ENDPOINTS: usize = 16;
 pub const FAULT_RULES_LEN: usize = 256;
 pub const ORACLE_MAX_RECORDS: u32 = 64;
