@@ -5,11 +5,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use iommu_dev::{control, AccessError, AccessFlags, Finding, Iommu, Mem, RegError};
+use iommu_dev::{control, AccessFlags, Finding, Iommu, Mem};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic};
 
 use crate::config::DaemonConfig;
-use crate::stream::{Snapshot, StartError, StreamParams, Streams};
+use crate::request_error::{access_status, RequestError};
+use crate::stream::{Snapshot, StreamParams, Streams};
 use crate::virtio_amdvi::{self as w, ep, req, Status};
 
 /// A response: status and the body bytes that follow the response header.
@@ -79,16 +80,6 @@ pub struct Device {
 
 fn bytes_of<T: ByteValued>(v: &T) -> Vec<u8> {
     v.as_slice().to_vec()
-}
-
-fn access_status(e: &AccessError) -> Status {
-    match e {
-        AccessError::NotReady => Status::NotReady,
-        AccessError::NoEndpoint(_) | AccessError::PasidRange(_) => Status::OutOfRange,
-        AccessError::Fault { .. } | AccessError::AtcMiss { .. } => Status::TranslationFault,
-        AccessError::PriTimeout { .. } => Status::Timeout,
-        AccessError::Device { .. } | AccessError::Memory(_) => Status::DeviceError,
-    }
 }
 
 fn finding(f: &Finding) -> w::Finding {
@@ -241,84 +232,106 @@ impl Device {
     /// `gpa_of(off)` the GPA of its byte `off`, `room` the writable size.
     pub fn handle(&self, data: &[u8], gpa_of: &dyn Fn(usize) -> u64, room: usize) -> Outcome {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let bad = || Outcome::Done(Response::status(Status::BadRequest));
-        let Some(hdr) = w::read_obj::<w::ReqHdr>(data) else {
-            return bad();
-        };
+        self.dispatch(data, gpa_of, room).unwrap_or_else(|e| {
+            log::debug!("request refused ({:?}): {e}", e.status());
+            Outcome::Done(Response::status(e.status()))
+        })
+    }
+
+    fn dispatch(
+        &self,
+        data: &[u8],
+        gpa_of: &dyn Fn(usize) -> u64,
+        room: usize,
+    ) -> Result<Outcome, RequestError> {
+        let hdr = w::read_obj::<w::ReqHdr>(data).ok_or(RequestError::Truncated)?;
         if hdr.reserved.to_native() != 0 {
-            return bad();
+            return Err(RequestError::Reserved("request header"));
         }
-        let body = &data[8..];
-        let room = room.saturating_sub(8);
+        let body = &data[size_of::<w::ReqHdr>()..];
+        let room = room.saturating_sub(size_of::<w::RespHdr>());
         let ty = hdr.type_.to_native();
         // Fixed-size bodies and the response room each type needs.
-        let (body_len, resp_len) = match ty {
-            req::INFO => (Some(0), 328),
-            req::SET_DEVTAB => (Some(16), 0),
-            req::COMMANDS => (None, 16),
-            req::ENDPOINT => (None, 16),
-            req::STREAM_START => (Some(48), 8),
-            req::STREAM_STOP => (Some(8), 80),
-            req::ORACLE_READ => (Some(8), 72),
-            req::ORACLE_AUDIT => (Some(24), 72),
-            req::ORACLE_EPOCH => (Some(8), 0),
-            req::STATS => (Some(0), 8),
-            _ => return Outcome::Done(Response::status(Status::Unsupported)),
+        let (body_len, need) = match ty {
+            req::INFO => (Some(0), size_of::<w::Info>()),
+            req::SET_DEVTAB => (Some(size_of::<w::SetDevtab>()), 0),
+            req::COMMANDS => (None, size_of::<w::CommandsResp>()),
+            req::ENDPOINT => (None, size_of::<w::EndpointResp>()),
+            req::STREAM_START => (
+                Some(size_of::<w::StreamStart>()),
+                size_of::<w::StreamStartResp>(),
+            ),
+            req::STREAM_STOP => (
+                Some(size_of::<w::StreamStop>()),
+                size_of::<w::StreamCounts>(),
+            ),
+            req::ORACLE_READ => (Some(size_of::<w::OracleRead>()), size_of::<w::OracleResp>()),
+            req::ORACLE_AUDIT => (
+                Some(size_of::<w::OracleAudit>()),
+                size_of::<w::OracleResp>(),
+            ),
+            req::ORACLE_EPOCH => (Some(size_of::<w::OracleEpoch>()), 0),
+            req::STATS => (Some(0), size_of::<w::StatsHdr>()),
+            _ => return Err(RequestError::UnknownType(ty)),
         };
-        if body_len.is_some_and(|n| n != body.len()) || room < resp_len {
-            return bad();
+        if let Some(want) = body_len.filter(|&n| n != body.len()) {
+            return Err(RequestError::BodyLength {
+                ty,
+                got: body.len(),
+                want,
+            });
         }
-        match ty {
+        if room < need {
+            return Err(RequestError::NoRoom { ty, room, need });
+        }
+        Ok(match ty {
             req::INFO => Outcome::Done(Response::ok(bytes_of(&self.info()))),
-            req::SET_DEVTAB => Outcome::Done(self.set_devtab(body)),
-            req::COMMANDS => Outcome::Done(self.commands(body, gpa_of)),
-            req::ENDPOINT => self.endpoint(body, room),
-            req::STREAM_START => Outcome::Done(self.stream_start(body)),
-            req::STREAM_STOP => self.stream_stop(body),
-            req::ORACLE_READ => Outcome::Done(self.oracle_read(body, room)),
-            req::ORACLE_AUDIT => Outcome::Done(self.oracle_audit(body, room)),
-            req::ORACLE_EPOCH => Outcome::Done(self.oracle_epoch(body)),
-            _ => Outcome::Done(self.stats(room)),
-        }
+            req::SET_DEVTAB => Outcome::Done(self.set_devtab(body)?),
+            req::COMMANDS => Outcome::Done(self.commands(body, gpa_of)?),
+            req::ENDPOINT => self.endpoint(body, room)?,
+            req::STREAM_START => Outcome::Done(self.stream_start(body)?),
+            req::STREAM_STOP => self.stream_stop(body)?,
+            req::ORACLE_READ => Outcome::Done(self.oracle_read(body, room)?),
+            req::ORACLE_AUDIT => Outcome::Done(self.oracle_audit(body, room)?),
+            req::ORACLE_EPOCH => Outcome::Done(self.oracle_epoch(body)?),
+            req::STATS => Outcome::Done(self.stats(room)),
+            _ => return Err(RequestError::UnknownType(ty)),
+        })
     }
 
-    fn set_devtab(&self, body: &[u8]) -> Response {
-        let Some(s) = w::read_obj::<w::SetDevtab>(body) else {
-            return Response::status(Status::BadRequest);
-        };
-        match self
-            .iommu
-            .set_device_table(s.dev_table_base.to_native(), s.control.to_native())
-        {
-            Ok(()) => Response::ok(Vec::new()),
-            Err(RegError::Reserved { .. }) => Response::status(Status::BadRequest),
-            Err(RegError::TableOutsideRam { .. }) => Response::status(Status::OutOfRange),
-        }
+    fn set_devtab(&self, body: &[u8]) -> Result<Response, RequestError> {
+        let s = w::read_obj::<w::SetDevtab>(body).ok_or(RequestError::Truncated)?;
+        self.iommu
+            .set_device_table(s.dev_table_base.to_native(), s.control.to_native())?;
+        Ok(Response::ok(Vec::new()))
     }
 
-    fn commands(&self, body: &[u8], gpa_of: &dyn Fn(usize) -> u64) -> Response {
-        let Some(h) = w::read_obj::<w::CommandsHdr>(body) else {
-            return Response::status(Status::BadRequest);
-        };
+    fn commands(
+        &self,
+        body: &[u8],
+        gpa_of: &dyn Fn(usize) -> u64,
+    ) -> Result<Response, RequestError> {
+        const HDR: usize = size_of::<w::CommandsHdr>();
+        const CMD: usize = size_of::<w::Command>();
+        let h = w::read_obj::<w::CommandsHdr>(body).ok_or(RequestError::Truncated)?;
         let count = h.count.to_native();
-        if h.reserved.to_native() != 0
-            || count == 0
-            || count > w::MAX_COMMANDS
-            || body.len() != 8 + 16 * count as usize
-        {
-            return Response::status(Status::BadRequest);
+        if h.reserved.to_native() != 0 {
+            return Err(RequestError::Reserved("COMMANDS header"));
+        }
+        if count == 0 || count > w::MAX_COMMANDS || body.len() != HDR + CMD * count as usize {
+            return Err(RequestError::Invalid("COMMANDS count"));
         }
         if !self.ready() {
-            return Response::status(Status::NotReady);
+            return Err(RequestError::NotReady);
         }
-        let cmds: Vec<(u64, [u8; 16])> = body[8..]
-            .chunks_exact(16)
+        let cmds: Vec<(u64, w::Command)> = body[HDR..]
+            .chunks_exact(CMD)
             .enumerate()
             .map(|(i, c)| {
-                let mut raw = [0u8; 16];
+                let mut raw = w::Command::default();
                 raw.copy_from_slice(c);
                 // The command's GPA: where it sits in this request's buffer.
-                (gpa_of(8 + 8 + 16 * i), raw)
+                (gpa_of(size_of::<w::ReqHdr>() + HDR + CMD * i), raw)
             })
             .collect();
         let r = self.iommu.execute(&cmds);
@@ -335,44 +348,47 @@ impl Device {
             }
             None => Status::Ok,
         };
-        Response {
+        Ok(Response {
             status,
             body: bytes_of(&resp),
-        }
+        })
     }
 
-    fn endpoint(&self, body: &[u8], room: usize) -> Outcome {
-        let done = |s| Outcome::Done(Response::status(s));
-        let Some(e) = w::read_obj::<w::Endpoint>(body) else {
-            return done(Status::BadRequest);
-        };
+    fn endpoint(&self, body: &[u8], room: usize) -> Result<Outcome, RequestError> {
+        let e = w::read_obj::<w::Endpoint>(body).ok_or(RequestError::Truncated)?;
         let len = e.len.to_native();
-        let data = &body[24..];
+        let data = &body[size_of::<w::Endpoint>()..];
         let ok_len = match e.op {
             ep::OP_TRANSLATE => len == 0 && data.is_empty(),
             ep::OP_READ => (1..=ep::MAX_LEN).contains(&len) && data.is_empty(),
             ep::OP_WRITE => (1..=ep::MAX_LEN).contains(&len) && data.len() == len as usize,
             _ => false,
         };
-        if !ok_len || e.flags & !ep::F_MASK != 0 || e.reserved.to_native() != 0 {
-            return done(Status::BadRequest);
+        if !ok_len {
+            return Err(RequestError::Invalid("ENDPOINT op or length"));
         }
-        if e.op == ep::OP_READ && room < 16 + len as usize {
-            return done(Status::BadRequest);
+        if e.flags & !ep::F_MASK != 0 {
+            return Err(RequestError::Invalid("ENDPOINT flags"));
+        }
+        if e.reserved.to_native() != 0 {
+            return Err(RequestError::Reserved("ENDPOINT body"));
+        }
+        let need = size_of::<w::EndpointResp>() + len as usize;
+        if e.op == ep::OP_READ && room < need {
+            return Err(RequestError::NoRoom {
+                ty: req::ENDPOINT,
+                room,
+                need,
+            });
         }
         let (devid, pasid, va) = (e.devid.to_native(), e.pasid.to_native(), e.va.to_native());
-        if pasid >> 16 != 0 || self.iommu.endpoint(devid).is_none() {
-            return done(Status::OutOfRange);
-        }
-        if !self.ready() {
-            return done(Status::NotReady);
-        }
+        self.check_target(devid, pasid)?;
         self.endpoint_requests.fetch_add(1, Ordering::Relaxed);
         let iommu = self.iommu.clone();
         let flags = access_flags(e.flags);
         let op = e.op;
         let wdata = data.to_vec();
-        Outcome::Deferred(Box::new(move || {
+        Ok(Outcome::Deferred(Box::new(move || {
             let mut resp = w::EndpointResp::default();
             let mut out = Vec::new();
             let res = match op {
@@ -405,32 +421,46 @@ impl Device {
                     }
                 }
             }
-        }))
+        })))
     }
 
-    fn stream_start(&self, body: &[u8]) -> Response {
-        let Some(s) = w::read_obj::<w::StreamStart>(body) else {
-            return Response::status(Status::BadRequest);
-        };
+    /// An existing endpoint, a 16-bit PASID and an enabled IOMMU.
+    fn check_target(&self, devid: u16, pasid: u32) -> Result<(), RequestError> {
+        if pasid >> 16 != 0 {
+            return Err(RequestError::PasidRange(pasid));
+        }
+        if self.iommu.endpoint(devid).is_none() {
+            return Err(RequestError::NoEndpoint(devid));
+        }
+        if !self.ready() {
+            return Err(RequestError::NotReady);
+        }
+        Ok(())
+    }
+
+    fn stream_start(&self, body: &[u8]) -> Result<Response, RequestError> {
+        let s = w::read_obj::<w::StreamStart>(body).ok_or(RequestError::Truncated)?;
         let (va, len, stride) = (s.va.to_native(), s.len.to_native(), s.stride.to_native());
         let weights = [s.read_weight, s.write_weight, s.translate_weight];
         let follow = s.mode == w::STREAM_MODE_FOLLOW;
         let range_ok = va % 8 == 0 && len >= 8 && stride >= 8 && stride % 8 == 0;
-        if s.flags & !ep::F_MASK != 0
-            || (s.mode != w::STREAM_MODE_RANGE && !follow)
-            || s.reserved2 != 0
-            || !(follow || range_ok)
-            || weights.iter().all(|&w| w == 0)
-        {
-            return Response::status(Status::BadRequest);
+        if s.flags & !ep::F_MASK != 0 {
+            return Err(RequestError::Invalid("STREAM_START flags"));
+        }
+        if s.mode != w::STREAM_MODE_RANGE && !follow {
+            return Err(RequestError::Invalid("STREAM_START mode"));
+        }
+        if s.reserved2 != 0 {
+            return Err(RequestError::Reserved("STREAM_START body"));
+        }
+        if !(follow || range_ok) {
+            return Err(RequestError::Invalid("STREAM_START range"));
+        }
+        if weights.iter().all(|&w| w == 0) {
+            return Err(RequestError::Invalid("STREAM_START weights"));
         }
         let (devid, pasid) = (s.devid.to_native(), s.pasid.to_native());
-        if pasid >> 16 != 0 || self.iommu.endpoint(devid).is_none() {
-            return Response::status(Status::OutOfRange);
-        }
-        if !self.ready() {
-            return Response::status(Status::NotReady);
-        }
+        self.check_target(devid, pasid)?;
         let p = StreamParams {
             devid,
             flags: access_flags(s.flags),
@@ -444,43 +474,37 @@ impl Device {
             write_value: s.write_value.to_native(),
             follow,
         };
-        match self.streams.start(self.iommu.clone(), p) {
-            Ok(id) => Response::ok(bytes_of(&w::StreamStartResp {
-                stream_id: id.into(),
-                reserved: 0.into(),
-            })),
-            Err(StartError::TooMany) => Response::status(Status::NoResource),
-            Err(StartError::Spawn) => Response::status(Status::DeviceError),
-        }
+        let id = self.streams.start(self.iommu.clone(), p)?;
+        Ok(Response::ok(bytes_of(&w::StreamStartResp {
+            stream_id: id.into(),
+            reserved: 0.into(),
+        })))
     }
 
-    fn stream_stop(&self, body: &[u8]) -> Outcome {
-        let done = |s| Outcome::Done(Response::status(s));
-        let Some(s) = w::read_obj::<w::StreamStop>(body) else {
-            return done(Status::BadRequest);
-        };
+    fn stream_stop(&self, body: &[u8]) -> Result<Outcome, RequestError> {
+        let s = w::read_obj::<w::StreamStop>(body).ok_or(RequestError::Truncated)?;
         let (id, flags) = (s.stream_id.to_native(), s.flags.to_native());
         if flags & !w::STREAM_STOP_F_REPORT != 0 {
-            return done(Status::BadRequest);
+            return Err(RequestError::Invalid("STREAM_STOP flags"));
         }
         if flags & w::STREAM_STOP_F_REPORT != 0 {
-            return match self.streams.report(id) {
-                Some(snap) => Outcome::Done(Response::ok(bytes_of(&stream_counts(&snap)))),
-                None => done(Status::OutOfRange),
-            };
+            let snap = self.streams.report(id).ok_or(RequestError::NoStream(id))?;
+            return Ok(Outcome::Done(Response::ok(bytes_of(&stream_counts(&snap)))));
         }
-        match self.streams.release(id) {
-            // Joining may wait for an access blocked on a page request: not on this thread.
-            Some(r) => Outcome::Deferred(Box::new(move || {
-                Response::ok(bytes_of(&stream_counts(&r.finish())))
-            })),
-            None => done(Status::OutOfRange),
-        }
+        let r = self.streams.release(id).ok_or(RequestError::NoStream(id))?;
+        // Joining may wait for an access blocked on a page request: not on this thread.
+        Ok(Outcome::Deferred(Box::new(move || {
+            Response::ok(bytes_of(&stream_counts(&r.finish())))
+        })))
+    }
+
+    /// Finding records that fit in `room` after the oracle response.
+    fn records_fit(room: usize) -> usize {
+        room.saturating_sub(size_of::<w::OracleResp>()) / size_of::<w::Finding>()
     }
 
     fn oracle_body(counts: [u64; 8], recs: &[Finding], room: usize) -> Vec<u8> {
-        let fit = room.saturating_sub(72) / 64;
-        let recs = &recs[..recs.len().min(fit)];
+        let recs = &recs[..recs.len().min(Self::records_fit(room))];
         let mut resp = w::OracleResp {
             nrecords: (recs.len() as u32).into(),
             ..Default::default()
@@ -495,66 +519,61 @@ impl Device {
         body
     }
 
-    fn oracle_read(&self, body: &[u8], room: usize) -> Response {
-        let Some(r) = w::read_obj::<w::OracleRead>(body) else {
-            return Response::status(Status::BadRequest);
-        };
+    fn oracle_read(&self, body: &[u8], room: usize) -> Result<Response, RequestError> {
+        let r = w::read_obj::<w::OracleRead>(body).ok_or(RequestError::Truncated)?;
         let (max, flags) = (r.max_records.to_native(), r.flags.to_native());
-        if max > w::ORACLE_MAX_RECORDS || flags & !w::ORACLE_READ_F_CLEAR != 0 {
-            return Response::status(Status::BadRequest);
+        if max > w::ORACLE_MAX_RECORDS {
+            return Err(RequestError::Invalid("ORACLE_READ max_records"));
         }
-        let fit = (room.saturating_sub(72) / 64).min(max as usize);
+        if flags & !w::ORACLE_READ_F_CLEAR != 0 {
+            return Err(RequestError::Invalid("ORACLE_READ flags"));
+        }
+        let fit = Self::records_fit(room).min(max as usize);
         let snap = self
             .iommu
             .oracle()
             .read(fit, flags & w::ORACLE_READ_F_CLEAR != 0);
         let mut counts = [0u64; 8];
         counts[..6].copy_from_slice(&snap.counts);
-        Response::ok(Self::oracle_body(counts, &snap.records, room))
+        Ok(Response::ok(Self::oracle_body(counts, &snap.records, room)))
     }
 
-    fn oracle_audit(&self, body: &[u8], room: usize) -> Response {
-        let Some(a) = w::read_obj::<w::OracleAudit>(body) else {
-            return Response::status(Status::BadRequest);
-        };
+    fn oracle_audit(&self, body: &[u8], room: usize) -> Result<Response, RequestError> {
+        let a = w::read_obj::<w::OracleAudit>(body).ok_or(RequestError::Truncated)?;
         let max = a.max_records.to_native();
         if max > w::ORACLE_MAX_RECORDS {
-            return Response::status(Status::BadRequest);
+            return Err(RequestError::Invalid("ORACLE_AUDIT max_records"));
         }
-        let fit = (room.saturating_sub(72) / 64).min(max as usize);
-        match self.iommu.audit(
+        let fit = Self::records_fit(room).min(max as usize);
+        let (recs, n) = self.iommu.audit(
             a.pasid.to_native(),
             a.va.to_native(),
             a.len.to_native(),
             fit,
-        ) {
-            Ok((recs, n)) => {
-                let mut counts = [0u64; 8];
-                counts[4] = n;
-                Response::ok(Self::oracle_body(counts, &recs, room))
-            }
-            Err(e) => Response::status(access_status(&e)),
-        }
+        )?;
+        let mut counts = [0u64; 8];
+        counts[4] = n;
+        Ok(Response::ok(Self::oracle_body(counts, &recs, room)))
     }
 
-    fn oracle_epoch(&self, body: &[u8]) -> Response {
-        let Some(e) = w::read_obj::<w::OracleEpoch>(body) else {
-            return Response::status(Status::BadRequest);
-        };
+    fn oracle_epoch(&self, body: &[u8]) -> Result<Response, RequestError> {
+        let e = w::read_obj::<w::OracleEpoch>(body).ok_or(RequestError::Truncated)?;
         let gpa = e.gpa.to_native();
-        if gpa % 8 != 0 {
-            return Response::status(Status::BadRequest);
+        if gpa % size_of::<u64>() as u64 != 0 {
+            return Err(RequestError::Invalid("ORACLE_EPOCH alignment"));
         }
         if gpa != 0 && iommu_dev::mem::load_u64(&self.memory(), gpa).is_err() {
-            return Response::status(Status::OutOfRange);
+            return Err(RequestError::EpochOutsideRam(gpa));
         }
         self.iommu.oracle().set_epoch_gpa(gpa);
-        Response::ok(Vec::new())
+        Ok(Response::ok(Vec::new()))
     }
 
     fn stats(&self, room: usize) -> Response {
         let all = self.counters();
-        let n = all.len().min(room.saturating_sub(8) / 8);
+        let n = all
+            .len()
+            .min(room.saturating_sub(size_of::<w::StatsHdr>()) / size_of::<u64>());
         let mut body = bytes_of(&w::StatsHdr {
             count: (n as u32).into(),
             reserved: 0.into(),

@@ -9,8 +9,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use iommu_dev::Mem;
 
+use crate::virtio_amdvi as w;
+
 /// The largest readable part a request can have: header, ENDPOINT body and 64 KiB of data.
-pub const MAX_READABLE: usize = 8 + 24 + 65536;
+pub const MAX_READABLE: usize =
+    size_of::<w::ReqHdr>() + size_of::<w::Endpoint>() + w::ep::MAX_LEN as usize;
 
 /// What is wrong with a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -151,8 +154,10 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::Bytes;
 
-    const F_NEXT: u16 = 1;
-    const F_WRITE: u16 = 2;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+
+    const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
 
     fn mem() -> Mem {
         iommu_dev::mem::anon(0x40_0000)

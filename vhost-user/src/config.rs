@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use iommu_dev::{FaultAction, FaultError, FaultPoint, FaultRule, IommuConfig, PermissionMiss};
+use iommu_dev::{FaultAction, FaultError, FaultPoint, FaultRule, IommuConfig};
 use serde::Deserialize;
 
 use crate::virtio_amdvi::MAX_ENDPOINTS;
@@ -113,20 +113,7 @@ pub struct DaemonConfig {
 impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
-            iommu: IommuConfig {
-                endpoints: vec![0x0010, 0x0011],
-                iotlb_entries: 4096,
-                pwc_entries: 256,
-                dte_cache_entries: 64,
-                atc_entries: 512,
-                oracle: true,
-                oracle_records: 4096,
-                five_level: true,
-                pri_timeout: Duration::from_millis(2000),
-                event_log_entries: 512,
-                ppr_log_entries: 512,
-                ats_permission_miss: PermissionMiss::Rewalk,
-            },
+            iommu: IommuConfig::default(),
             max_streams: 16,
             faults: Vec::new(),
             handshake_timeout: Duration::from_millis(5000),
@@ -321,6 +308,37 @@ impl DaemonConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use iommu_dev::PermissionMiss;
+
+    /// `configs/default.toml` states every default, and states it right.
+    #[test]
+    fn default_toml_is_the_default() {
+        let text = include_str!("../../configs/default.toml");
+        let c = DaemonConfig::from_toml("default.toml", text).unwrap();
+        let d = DaemonConfig::default();
+        assert_eq!(c.iommu, d.iommu);
+        assert_eq!(c.max_streams, d.max_streams);
+        assert_eq!(c.handshake_timeout, d.handshake_timeout);
+        assert_eq!(c.faults, d.faults);
+        let fc: FileConfig = toml::from_str(text).unwrap();
+        let stated = [
+            fc.endpoints.is_some(),
+            fc.iotlb_entries.is_some(),
+            fc.pwc_entries.is_some(),
+            fc.dte_cache_entries.is_some(),
+            fc.atc_entries.is_some(),
+            fc.oracle.is_some(),
+            fc.oracle_records.is_some(),
+            fc.five_level.is_some(),
+            fc.pri_timeout_ms.is_some(),
+            fc.event_log_entries.is_some(),
+            fc.ppr_log_entries.is_some(),
+            fc.max_streams.is_some(),
+            fc.ats_permission_miss.is_some(),
+            fc.handshake_timeout_ms.is_some(),
+        ];
+        assert!(stated.iter().all(|&s| s), "{stated:?}");
+    }
 
     #[test]
     fn empty_file_is_the_default() {

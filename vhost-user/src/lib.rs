@@ -4,7 +4,7 @@
 //!
 //! Layout (as the rust-vmm vhost-device daemons): `config.rs` the TOML file,
 //! `virtio_amdvi.rs` the wire structs, `chain.rs` descriptor-chain checks,
-//! `amdvi.rs` requests on the model, `stream.rs` the access engines,
+//! `amdvi.rs` requests on the model, `request_error.rs` their refusals, `stream.rs` the access engines,
 //! `vhu_amdvi.rs` the `VhostUserBackend`, `relay.rs` the checks on the
 //! frontend's messages, `sigbus.rs` the guard against guest memory files
 //! shrunk under the daemon, `service.rs` the process loop (event-manager),
@@ -14,6 +14,7 @@ pub mod amdvi;
 pub mod chain;
 pub mod config;
 pub mod relay;
+pub mod request_error;
 mod service;
 pub mod sigbus;
 pub mod stream;

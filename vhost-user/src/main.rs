@@ -24,7 +24,7 @@ struct Args {
 
     /// TOML configuration: endpoints, cache sizes, oracle, timeouts, limits,
     /// fault rules [default: built-in, as configs/default.toml].
-    #[arg(short = 'c', long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 
     /// Write the device counters (summed over connections) as JSON to FILE
@@ -78,6 +78,42 @@ impl TryFrom<Args> for Configuration {
     }
 }
 
+/// One line naming what is wrong with the command line, from the error's
+/// context rather than its rendered text.
+fn usage_error(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let get = |k| match e.get(k)? {
+        ContextValue::String(s) => Some(s.clone()),
+        ContextValue::Strings(v) => Some(v.join(", ")),
+        ContextValue::StyledStr(s) => Some(s.to_string()),
+        ContextValue::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let arg = get(ContextKind::InvalidArg);
+    let value = get(ContextKind::InvalidValue);
+    match (e.kind(), arg, value) {
+        (ErrorKind::MissingRequiredArgument, Some(a), _) => {
+            format!("missing required argument {a}")
+        }
+        (ErrorKind::UnknownArgument, Some(a), _) => format!("unexpected argument '{a}'"),
+        (ErrorKind::InvalidValue, Some(a), Some(v)) if v.is_empty() => {
+            format!("{a}: a value is required")
+        }
+        (ErrorKind::InvalidValue | ErrorKind::ValueValidation, Some(a), Some(v)) => {
+            match std::error::Error::source(e) {
+                Some(why) => format!("{a}: invalid value '{v}': {why}"),
+                None => format!("{a}: invalid value '{v}'"),
+            }
+        }
+        (ErrorKind::ArgumentConflict, Some(a), _) => match get(ContextKind::PriorArg) {
+            Some(p) if p != a => format!("{a} cannot be used with {p}"),
+            _ => format!("{a} given more than once"),
+        },
+        (kind, Some(a), _) => format!("{a}: {kind}"),
+        (kind, None, _) => kind.to_string(),
+    }
+}
+
 /// Block SIGINT and SIGTERM in this thread, and so in every thread started
 /// from it: the daemon reads them from a signalfd in its event loop.
 fn block_stop_signals() -> std::io::Result<()> {
@@ -109,15 +145,10 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            let text = e.render().to_string();
-            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-            let mut first = lines.next().unwrap_or("invalid arguments").to_string();
-            if first.ends_with(':') {
-                // "the following required arguments were not provided:" + the names
-                first = format!("{first} {}", lines.next().unwrap_or(""));
-            }
-            let first = first.strip_prefix("error: ").unwrap_or(&first);
-            eprintln!("vhost-device-amdvi: error: {first} (see --help)");
+            eprintln!(
+                "vhost-device-amdvi: error: {} (see --help)",
+                usage_error(&e)
+            );
             return ExitCode::from(2);
         }
     };

@@ -154,9 +154,11 @@ impl Stream {
 }
 
 /// Why a stream could not start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StartError {
+    #[error("too many streams")]
     TooMany,
+    #[error("cannot start the stream's thread")]
     Spawn,
 }
 

@@ -317,7 +317,7 @@ impl VhostUserAmdviBackend {
         };
         if let Some(e) = p.error {
             log::debug!("malformed request chain {}: {e}", p.head);
-            return if room >= 8 {
+            return if room >= size_of::<w::RespHdr>() {
                 let r = Response::status(Status::BadRequest).to_bytes();
                 complete(chain::write_response(mem, &p.writable, &r))
             } else {
@@ -325,7 +325,7 @@ impl VhostUserAmdviBackend {
                 complete(0)
             };
         }
-        if room < 8 {
+        if room < size_of::<w::RespHdr>() {
             log::debug!("request chain {} has no room for a status", p.head);
             self.dev.count_bad_chain();
             return complete(0);

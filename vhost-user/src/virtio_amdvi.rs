@@ -29,39 +29,27 @@ pub mod req {
     pub const STATS: u32 = 10;
 }
 
-/// Status codes (§2.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Status {
-    Ok = 0,
-    BadRequest = 1,
-    Unsupported = 2,
-    NotReady = 3,
-    OutOfRange = 4,
-    TranslationFault = 5,
-    IllegalCommand = 6,
-    Timeout = 7,
-    NoResource = 8,
-    DeviceError = 9,
+iommu_dev::named_enum! {
+    /// Status codes (§2.1).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[repr(u32)]
+    pub enum Status {
+        Ok = 0 => "ok",
+        BadRequest = 1 => "bad_request",
+        Unsupported = 2 => "unsupported",
+        NotReady = 3 => "not_ready",
+        OutOfRange = 4 => "out_of_range",
+        TranslationFault = 5 => "translation_fault",
+        IllegalCommand = 6 => "illegal_command",
+        Timeout = 7 => "timeout",
+        NoResource = 8 => "no_resource",
+        DeviceError = 9 => "device_error",
+    }
 }
 
 impl Status {
     pub fn from_u32(v: u32) -> Option<Status> {
-        use Status::*;
-        [
-            Ok,
-            BadRequest,
-            Unsupported,
-            NotReady,
-            OutOfRange,
-            TranslationFault,
-            IllegalCommand,
-            Timeout,
-            NoResource,
-            DeviceError,
-        ]
-        .into_iter()
-        .find(|s| *s as u32 == v)
+        Status::ALL.into_iter().find(|s| *s as u32 == v)
     }
 }
 
@@ -79,6 +67,8 @@ pub mod ep {
 }
 
 pub const MAX_COMMANDS: u32 = 512;
+/// One command of a COMMANDS request, in the IOMMU's command-buffer format.
+pub type Command = [u8; 16];
 pub const MAX_ENDPOINTS: usize = 16;
 pub const FAULT_RULES_LEN: usize = 256;
 pub const ORACLE_MAX_RECORDS: u32 = 64;

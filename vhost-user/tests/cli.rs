@@ -56,7 +56,27 @@ fn bad_arguments() {
     one_line_exit_2(&[], &["--socket-path"]);
     one_line_exit_2(&["-s", "/tmp/x.sock", "--frobnicate"], &["--frobnicate"]);
     one_line_exit_2(&["-s"], &["--socket-path"]);
-    one_line_exit_2(&["-s", "/tmp/x.sock", "-c"], &["--config"]);
+    one_line_exit_2(&["-s", "/tmp/x.sock", "--config"], &["--config"]);
+    one_line_exit_2(&["-s", "/tmp/x.sock", "-c", "x.toml"], &["-c"]);
+    one_line_exit_2(
+        &["-s", "/tmp/x.sock", "-s", "/tmp/y.sock"],
+        &["more than once"],
+    );
+    one_line_exit_2(
+        &["-s", "/tmp/x.sock", "--stats-interval-ms", "5"],
+        &["--stats-json"],
+    );
+    one_line_exit_2(
+        &[
+            "-s",
+            "/tmp/x.sock",
+            "--stats-json",
+            "/tmp/x.json",
+            "--stats-interval-ms",
+            "0",
+        ],
+        &["--stats-interval-ms", "'0'"],
+    );
 }
 
 fn bad_config(text: &str, key: &str, reason: &str) {
@@ -99,7 +119,7 @@ fn bad_config_files() {
         "fault[0].devid",
         "0x0099 is not an endpoint",
     );
-    let (code, err) = run(&["-s", "/tmp/x.sock", "-c", "/nonexistent/amdvi.toml"]);
+    let (code, err) = run(&["-s", "/tmp/x.sock", "--config", "/nonexistent/amdvi.toml"]);
     assert_eq!(code, 2);
     assert!(
         err.contains("/nonexistent/amdvi.toml") && err.contains("cannot read"),

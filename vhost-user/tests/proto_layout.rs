@@ -161,6 +161,11 @@ fn wire_structs_match_amdvi_proto_h() {
         entry,
     ));
 
+    checks.extend(
+        Status::ALL
+            .into_iter()
+            .map(|st| int(&format!("AMDVI_S_{}", st.name().to_uppercase()), st as u64)),
+    );
     checks.extend([
         int("AMDVI_CFG_MAGIC", CONFIG_MAGIC.into()),
         int("AMDVI_CFG_VERSION", CONFIG_VERSION.into()),
@@ -177,16 +182,6 @@ fn wire_structs_match_amdvi_proto_h() {
         int("AMDVI_REQ_ORACLE_AUDIT", req::ORACLE_AUDIT.into()),
         int("AMDVI_REQ_ORACLE_EPOCH", req::ORACLE_EPOCH.into()),
         int("AMDVI_REQ_STATS", req::STATS.into()),
-        int("AMDVI_S_OK", Status::Ok as u64),
-        int("AMDVI_S_BAD_REQUEST", Status::BadRequest as u64),
-        int("AMDVI_S_UNSUPPORTED", Status::Unsupported as u64),
-        int("AMDVI_S_NOT_READY", Status::NotReady as u64),
-        int("AMDVI_S_OUT_OF_RANGE", Status::OutOfRange as u64),
-        int("AMDVI_S_TRANSLATION_FAULT", Status::TranslationFault as u64),
-        int("AMDVI_S_ILLEGAL_COMMAND", Status::IllegalCommand as u64),
-        int("AMDVI_S_TIMEOUT", Status::Timeout as u64),
-        int("AMDVI_S_NO_RESOURCE", Status::NoResource as u64),
-        int("AMDVI_S_DEVICE_ERROR", Status::DeviceError as u64),
         int("AMDVI_EP_TRANSLATE", ep::OP_TRANSLATE.into()),
         int("AMDVI_EP_READ", ep::OP_READ.into()),
         int("AMDVI_EP_WRITE", ep::OP_WRITE.into()),

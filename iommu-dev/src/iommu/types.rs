@@ -12,7 +12,8 @@ use crate::regs::PASID_BITS;
 use crate::srange::SRange;
 use crate::walker::WalkFault;
 
-/// Parameters of the modelled unit.
+/// Parameters of the modelled unit. The defaults are the daemon's
+/// (`configs/default.toml`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IommuConfig {
     /// Device ids (BDF) of the ATS endpoints.
@@ -73,7 +74,7 @@ impl std::str::FromStr for PermissionMiss {
 impl Default for IommuConfig {
     fn default() -> Self {
         IommuConfig {
-            endpoints: vec![0x0010],
+            endpoints: vec![0x0010, 0x0011],
             iotlb_entries: 4096,
             pwc_entries: 256,
             dte_cache_entries: 64,
@@ -81,7 +82,7 @@ impl Default for IommuConfig {
             oracle: true,
             oracle_records: 4096,
             five_level: true,
-            pri_timeout: Duration::from_secs(5),
+            pri_timeout: Duration::from_millis(2000),
             event_log_entries: 512,
             ppr_log_entries: 512,
             ats_permission_miss: PermissionMiss::Rewalk,

@@ -28,9 +28,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub type Mem = GuestMemoryMmap<()>;
 
 pub const MEM_SIZE: usize = 64 << 20;
-pub const VIRTIO_F_VERSION_1: u64 = 32;
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 29;
-pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 28;
+pub use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+pub use virtio_bindings::bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+};
 
 // Guest-physical layout.
 pub const REQQ_BASE: u64 = 0x1_0000;
@@ -185,8 +186,8 @@ pub struct Vq {
     pub event_idx: bool,
 }
 
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_NEXT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+const VRING_DESC_F_WRITE: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
 
 impl Vq {
     fn new(base: u64, size: u16) -> Vq {
