@@ -361,18 +361,25 @@ static void *spinner_fn(void *arg)
 	return NULL;
 }
 
+int pin_here(cpu_set_t *saved)
+{
+	int here = sched_getcpu();
+	cpu_set_t one;
+
+	if (here < 0 || sched_getaffinity(0, sizeof(*saved), saved))
+		return -1;
+	CPU_ZERO(&one);
+	CPU_SET(here, &one);
+	return sched_setaffinity(0, sizeof(one), &one) ? -1 : here;
+}
+
 bool spinner_start(struct spinner *s)
 {
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
-	int here = sched_getcpu();
-	cpu_set_t set;
+	int here;
 
 	memset(s, 0, sizeof(*s));
-	if (n < 2 || here < 0 || sched_getaffinity(0, sizeof(s->saved), &s->saved))
-		return false;
-	CPU_ZERO(&set);
-	CPU_SET(here, &set);
-	if (sched_setaffinity(0, sizeof(set), &set))
+	if (n < 2 || (here = pin_here(&s->saved)) < 0)
 		return false;
 	s->cpu = (here + 1) % n;
 	if (pthread_create(&s->th, NULL, spinner_fn, s)) {

@@ -222,15 +222,7 @@ void t_file_reclaim(struct ctx *c)
 	 * dropped none of these pages in 3 of 4 runs.  swap_pageout and
 	 * madv_free drive the batched path.
 	 */
-	pinned = !sched_getaffinity(0, sizeof(saved), &saved) &&
-		 sched_getcpu() >= 0;
-	if (pinned) {
-		cpu_set_t one;
-
-		CPU_ZERO(&one);
-		CPU_SET(sched_getcpu(), &one);
-		pinned = !sched_setaffinity(0, sizeof(one), &one);
-	}
+	pinned = pin_here(&saved) >= 0;
 	snprintf(path, sizeof(path), "%s/amdvi-reclaim", BLK_DIR);
 	fd = file_make(c, path, len, 32, want);
 	if (fd < 0)

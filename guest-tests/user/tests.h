@@ -68,6 +68,8 @@ struct spinner {
 };
 
 bool spinner_start(struct spinner *s);
+/* Pin the caller to the CPU it runs on; its CPU, or -1.  @saved: the old mask. */
+int pin_here(cpu_set_t *saved);
 void spinner_stop(struct spinner *s);
 
 /* what /init set up for the mm scenarios (guest-tests/initramfs/init) */
