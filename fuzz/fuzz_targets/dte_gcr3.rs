@@ -23,8 +23,8 @@ fuzz_target!(|data: &[u8]| {
     let pasid = u32::from_le_bytes([data[33], data[34], data[35], data[36]]);
     let mem = common::guest_memory(&data[37..]);
     if let Ok(info) = dte.decode(flags & 1 != 0, flags & 2 != 0) {
-        // GLX is only checked (and only used) for a valid guest-translation DTE.
-        if info.v && info.gv {
+        // GLX is only checked (and only used) with V=TV=1 (docs/amd-iommu.md §1).
+        if info.v && info.tv && info.gv {
             assert!(info.glx <= 1, "GLX beyond 2 levels decoded: {info:?}");
         }
         let _ = gcr3_lookup(&mem, info.gcr3_root, info.glx, pasid & 0xffff);

@@ -55,8 +55,15 @@ fn memfd() -> OwnedFd {
     fd
 }
 
+/// Threads of this process: the daemon's per-connection threads (vring
+/// workers) end shortly after it closes the socket.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
 fuzz_target!(|data: &[u8]| {
     let d = daemon();
+    let before = threads();
     let Ok(mut s) = UnixStream::connect(&d.sock) else {
         return;
     };
@@ -70,5 +77,13 @@ fuzz_target!(|data: &[u8]| {
     let _ = s.shutdown(std::net::Shutdown::Write);
     let mut buf = [0u8; 4096];
     while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+    // Leak detection runs when this input returns: wait until the daemon has
+    // torn the connection down, so that what is still allocated is a leak
+    // and not a thread that has not yet run its thread-local destructors.
+    let end = Instant::now() + Duration::from_secs(5);
+    while threads() > before {
+        assert!(Instant::now() < end, "a connection's threads outlived it by 5 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(!d.thread.is_finished(), "the daemon thread ended");
 });
