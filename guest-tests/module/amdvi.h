@@ -3,10 +3,13 @@
  * amdvi_test: internal declarations shared by the module's files.
  *
  * amdvi_main.c    virtio driver, request plumbing, event queue
- * amdvi_iommu.c   device table, GCR3 tables, AMD commands, events, PPR
+ * amdvi_cmd.c     AMD commands, COMPLETION_WAIT, flush helpers
+ * amdvi_iommu.c   device table, GCR3 tables
+ * amdvi_log.c     event log decoder, PPR log front end
  * amdvi_sva.c     bind/unbind of an mm to a PASID, mmu_notifier, PPR worker
  * amdvi_chrdev.c  /dev/amdvi
  * amdvi_pt.c      private page tables for ordering scripts
+ * amdvi_freed.c   freed-frame check at the secondary-TLB flush
  */
 #ifndef AMDVI_H
 #define AMDVI_H
@@ -267,24 +270,32 @@ int amdvi_request(struct amdvi_dev *ad, struct amdvi_req *req, bool killable);
 void amdvi_dev_put(struct amdvi_dev *ad);
 void amdvi_dev_get(struct amdvi_dev *ad);
 
-/* amdvi_iommu.c */
-int amdvi_iommu_init(struct amdvi_dev *ad);
-void amdvi_iommu_free(struct amdvi_dev *ad);
-int amdvi_gcr3_set(struct amdvi_dev *ad, unsigned int ep, u32 pasid, u64 cr3);
+/* amdvi_cmd.c */
+void amdvi_build_inv_dte(struct amdvi_cmd *cmd, u16 devid);
+void amdvi_build_inv_all(struct amdvi_cmd *cmd);
+int amdvi_cmds_sync(struct amdvi_dev *ad, const struct amdvi_cmd *cmds,
+		    unsigned int n, bool atomic);
 int amdvi_flush_pasid(struct amdvi_dev *ad, u32 ep_mask, u32 pasid,
 		      unsigned long start, unsigned long end, bool atomic);
 int amdvi_inv_pages(struct amdvi_dev *ad, u32 ep_mask, u32 pasid, u64 addr,
 		    bool s, u32 flags);
 int amdvi_complete_ppr(struct amdvi_dev *ad, u16 devid, u32 pasid, u16 tag,
 		       u32 code);
-void amdvi_handle_event(struct amdvi_dev *ad, const u8 *entry, u32 dropped);
-void amdvi_events_read(struct amdvi_dev *ad, struct amdvi_ioc_events *u);
 int amdvi_cmds_raw(struct amdvi_dev *ad, const struct amdvi_cmd *cmds,
 		   unsigned int n, u32 *executed, u64 *illegal_gpa);
+
+/* amdvi_iommu.c */
+int amdvi_iommu_init(struct amdvi_dev *ad);
+void amdvi_iommu_free(struct amdvi_dev *ad);
+int amdvi_gcr3_set(struct amdvi_dev *ad, unsigned int ep, u32 pasid, u64 cr3);
 int amdvi_dte_set_ats(struct amdvi_dev *ad, unsigned int ep, bool ats);
-void amdvi_handle_ppr(struct amdvi_dev *ad, const u8 *entry, u32 dropped);
 int amdvi_send_epoch(struct amdvi_dev *ad);
 int amdvi_ep_index(struct amdvi_dev *ad, u16 devid);
+
+/* amdvi_log.c */
+void amdvi_handle_event(struct amdvi_dev *ad, const u8 *entry, u32 dropped);
+void amdvi_events_read(struct amdvi_dev *ad, struct amdvi_ioc_events *u);
+void amdvi_handle_ppr(struct amdvi_dev *ad, const u8 *entry, u32 dropped);
 
 /* amdvi_sva.c */
 struct amdvi_bond;
