@@ -30,7 +30,7 @@ SIM_SCRIPTS ?= $(sort $(wildcard sim/scripts/*.amdvi))
 sim:
 	$(CARGO) run --release -q -p amdvi-sim -- $(SIM_SCRIPTS)
 
-test: lint test-rust sim test-vm test-negative test-scripts-vm matrix shadow mutants
+test: lint test-rust sim fuzz-smoke test-vm test-negative test-scripts-vm matrix shadow mutants
 
 bench:
 	$(CARGO) bench -p iommu-dev
