@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use iommu_dev::dte::GCR3_VALID;
 use iommu_dev::event::LogRecord;
 use iommu_dev::mem::{self, Mem};
-use iommu_dev::pgtable::{Tables, DIR, USER_RW};
+use iommu_dev::pgtable::{self, Tables, DIR, USER_RW};
 use iommu_dev::{control, Command, DevTableBase, Dte, Iommu, IommuConfig, SRange};
 use vm_memory::GuestMemoryAtomic;
 
@@ -61,18 +60,8 @@ impl Guest {
         };
         g.write_dte(Dte::encode_v2(DOMAIN, GCR3_ROOT, 1, true, levels == 5));
         // 2-level GCR3: top index PASID[17:9], leaf index PASID[8:0].
-        mem::store_u64(
-            &g.mem,
-            GCR3_ROOT + 8 * u64::from(PASID >> 9),
-            GCR3_LEAF | GCR3_VALID,
-        )
-        .unwrap();
-        mem::store_u64(
-            &g.mem,
-            GCR3_LEAF + 8 * u64::from(PASID & 0x1ff),
-            POOL | GCR3_VALID,
-        )
-        .unwrap();
+        pgtable::write_gcr3_entry(&g.mem, GCR3_ROOT, u64::from(PASID >> 9), GCR3_LEAF);
+        pgtable::write_gcr3_entry(&g.mem, GCR3_LEAF, u64::from(PASID & 0x1ff), POOL);
         g.iommu
             .set_device_table(DevTableBase::encode(DEVTAB, 1), CTL)
             .unwrap();
@@ -80,9 +69,7 @@ impl Guest {
     }
 
     pub fn write_dte(&self, d: Dte) {
-        for (i, q) in d.0.iter().enumerate() {
-            mem::store_u64(&self.mem, DEVTAB + 32 * u64::from(DEVID) + 8 * i as u64, *q).unwrap();
-        }
+        pgtable::write_dte(&self.mem, DEVTAB, DEVID, &d);
     }
 
     pub fn tables(&mut self) -> TablesGuard<'_> {
