@@ -3,8 +3,8 @@
 //! `Frontend`) with memfd guest memory shared with the daemon, split
 //! virtqueues laid out in it by hand, kick/call eventfds, and the AMD IOMMU
 //! data structures (device table, GCR3 table, 4-level x86-64 page tables)
-//! written the way a guest driver writes them. It uses only what
-//! docs/protocol.md describes.
+//! written the way a guest driver writes them, with the guest fixture of
+//! `iommu_dev::pgtable`. It uses only what docs/protocol.md describes.
 
 #![allow(dead_code)]
 
@@ -16,6 +16,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use iommu_dev::pgtable::{self, Tables, DIR};
 use iommu_dev::{Command, DevTableBase, Dte, SRange};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -50,18 +51,16 @@ pub const DATA_POOL: u64 = 0x200_0000;
 /// Scratch area tests use for hand-made chains.
 pub const SCRATCH: u64 = 0x180_0000;
 
-pub const CTRL_IOMMU_EN: u64 = 1 << 0;
-pub const CTRL_EVENT_LOG_EN: u64 = 1 << 2;
-pub const CTRL_PPR_LOG_EN: u64 = 1 << 13;
-pub const CTRL_PPR_EN: u64 = 1 << 15;
-pub const CTRL_GT_EN: u64 = 1 << 16;
+pub use iommu_dev::control::{
+    EVENT_LOG_EN as CTRL_EVENT_LOG_EN, GT_EN as CTRL_GT_EN, IOMMU_EN as CTRL_IOMMU_EN,
+    PPR_EN as CTRL_PPR_EN, PPR_LOG_EN as CTRL_PPR_LOG_EN,
+};
+/// Every Control bit a Linux driver sets for SVA.
 pub const CTRL_ALL: u64 =
     CTRL_IOMMU_EN | CTRL_EVENT_LOG_EN | CTRL_PPR_LOG_EN | CTRL_PPR_EN | CTRL_GT_EN;
 
-pub const PTE_P: u64 = 1;
-pub const PTE_RW: u64 = 2;
-pub const PTE_US: u64 = 4;
-pub const PTE_URW: u64 = PTE_P | PTE_RW | PTE_US;
+/// A user read-write leaf: present, writable, user.
+pub use iommu_dev::pgtable::USER_RW as PTE_URW;
 
 pub const EP0: u16 = 0x0010;
 pub const EP1: u16 = 0x0011;
@@ -774,13 +773,7 @@ impl Guest {
 
     // ---- IOMMU tables ----
 
-    fn alloc_pt(&mut self) -> u64 {
-        let t = self.pt_next;
-        self.pt_next += 0x1000;
-        self.mem.write_slice(&[0u8; 4096], GuestAddress(t)).unwrap();
-        t
-    }
-
+    /// Take a data page (not zeroed: the daemon and the test write it).
     pub fn alloc_page(&mut self) -> u64 {
         let p = self.data_next;
         self.data_next += 0x1000;
@@ -798,20 +791,17 @@ impl Guest {
             .write_slice(&[0u8; 4096], GuestAddress(GCR3))
             .unwrap();
         for (devid, dom) in [(EP0, 1u16), (EP1, 2)] {
-            let d = Dte::encode_v2(dom, GCR3, 0, true, false);
-            for (i, q) in d.0.iter().enumerate() {
-                self.mem
-                    .write_obj(
-                        *q,
-                        GuestAddress(DEVTAB + 32 * u64::from(devid) + 8 * i as u64),
-                    )
-                    .unwrap();
-            }
+            pgtable::write_dte(
+                &self.mem,
+                DEVTAB,
+                devid,
+                &Dte::encode_v2(dom, GCR3, 0, true, false),
+            );
         }
-        self.cr3 = self.alloc_pt();
-        self.mem
-            .write_obj(self.cr3 | 1, GuestAddress(GCR3 + 8 * u64::from(PASID)))
-            .unwrap();
+        let mut t = Tables::resume(&self.mem, 4, 0, self.pt_next);
+        self.cr3 = t.alloc_table();
+        self.pt_next = t.pool_next();
+        pgtable::write_gcr3_entry(&self.mem, GCR3, u64::from(PASID), self.cr3);
         assert_eq!(
             self.set_devtab(DevTableBase::encode(DEVTAB, 1), CTRL_ALL),
             Some(Status::Ok)
@@ -820,19 +810,10 @@ impl Guest {
 
     /// The GPA of the level-1 entry for `va`, creating tables on the way.
     pub fn pte_gpa(&mut self, va: u64) -> u64 {
-        let mut table = self.cr3;
-        for level in (2..=4).rev() {
-            let at = table + 8 * ((va >> (12 + 9 * (level - 1))) & 0x1ff);
-            let e: u64 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            table = if e & PTE_P != 0 {
-                e & 0x000f_ffff_ffff_f000
-            } else {
-                let t = self.alloc_pt();
-                self.mem.write_obj(t | PTE_URW, GuestAddress(at)).unwrap();
-                t
-            };
-        }
-        table + 8 * ((va >> 12) & 0x1ff)
+        let mut t = Tables::resume(&self.mem, 4, self.cr3, self.pt_next);
+        let at = t.entry_gpa_alloc(va, 1, DIR);
+        self.pt_next = t.pool_next();
+        at
     }
 
     pub fn map(&mut self, va: u64, pa: u64, flags: u64) {
