@@ -1,5 +1,7 @@
 //! A guest's view for model tests: device table, GCR3 table and CPU page
-//! tables in a `GuestMemoryMmap`, written in the AMD formats as Linux would.
+//! tables in a `GuestMemoryMmap`, written in the AMD formats as Linux would
+//! with the guest fixture (`iommu_dev::pgtable`), and the helpers the
+//! model's test files share (access flags, event-record fields).
 
 #![allow(dead_code)]
 
@@ -8,7 +10,7 @@ use std::time::Duration;
 use iommu_dev::event::LogRecord;
 use iommu_dev::mem::{self, Mem};
 use iommu_dev::pgtable::{self, Tables, DIR, USER_RW};
-use iommu_dev::{control, Command, DevTableBase, Dte, Iommu, IommuConfig, SRange};
+use iommu_dev::{control, AccessFlags, Command, DevTableBase, Dte, Iommu, IommuConfig, SRange};
 use vm_memory::GuestMemoryAtomic;
 
 pub const DEVID: u16 = 0x10;
@@ -28,6 +30,31 @@ pub const CTL: u64 = control::IOMMU_EN
     | control::PPR_LOG_EN
     | control::PPR_EN
     | control::GT_EN;
+
+/// A user access without PRI: translated, through the ATC.
+pub const RW: AccessFlags = AccessFlags {
+    privileged: false,
+    exec: false,
+    no_write: false,
+    no_pri: true,
+    atc_only: false,
+    untranslated: false,
+};
+
+/// The event code of a log record (bits 63:60).
+pub fn code(rec: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(rec[..8].try_into().unwrap()) >> 60
+}
+
+/// The low quadword of a log record.
+pub fn lo(rec: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(rec[..8].try_into().unwrap())
+}
+
+/// The address quadword of a log record.
+pub fn addr(rec: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(rec[8..].try_into().unwrap())
+}
 
 pub struct Guest {
     pub mem: Mem,
