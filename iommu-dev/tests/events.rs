@@ -11,7 +11,7 @@ use iommu_dev::event::flag;
 use iommu_dev::mem;
 use iommu_dev::pgtable::DIR;
 use iommu_dev::walker::{PTE_P, PTE_US};
-use iommu_dev::{control, AccessError, AccessFlags, Command, DevTableBase, Dte, IommuConfig};
+use iommu_dev::{control, AccessError, Command, DevTableBase, Dte, IommuConfig};
 
 #[test]
 fn dte_problems_become_events() {
@@ -73,15 +73,11 @@ fn table_pointer_outside_ram_is_hardware_error() {
 fn untranslated_dma_logs_io_page_faults() {
     let mut g = Guest::new(4);
     g.tables().map(VA, DATA, 1, PTE_P | PTE_US, DIR);
-    let un = AccessFlags {
-        untranslated: true,
-        ..RW
-    };
     let mut b = [0u8; 8];
-    g.iommu.dma_read(DEVID, PASID, VA, un, &mut b).unwrap();
+    g.iommu.dma_read(DEVID, PASID, VA, UN, &mut b).unwrap();
     // Write to a read-only page: IO_PAGE_FAULT with GN, US, PR, RW, PE.
     assert_eq!(
-        g.iommu.dma_write(DEVID, PASID, VA, un, &[1]),
+        g.iommu.dma_write(DEVID, PASID, VA, UN, &[1]),
         Err(AccessError::Fault { va: VA })
     );
     let ev = g.events();
@@ -97,7 +93,7 @@ fn untranslated_dma_logs_io_page_faults() {
     // Not present: PR=0.
     assert!(g
         .iommu
-        .dma_read(DEVID, PASID, VA + 0x1000, un, &mut b)
+        .dma_read(DEVID, PASID, VA + 0x1000, UN, &mut b)
         .is_err());
     let l = lo(&g.events()[0].entry);
     assert_eq!((l >> 48) & 0xfff, u64::from(flag::GN | flag::US));
@@ -108,7 +104,7 @@ fn untranslated_dma_logs_io_page_faults() {
     g.commands(&[Command::InvalidateDevtabEntry { devid: DEVID }]);
     assert!(g
         .iommu
-        .dma_read(DEVID, PASID, VA + 0x1000, un, &mut b)
+        .dma_read(DEVID, PASID, VA + 0x1000, UN, &mut b)
         .is_err());
     assert!(g.events().is_empty());
 }
@@ -120,10 +116,6 @@ fn untranslated_dma_logs_io_page_faults() {
 fn untranslated_dma_without_gcr3_entry_logs_io_page_fault() {
     let mut g = Guest::new(4);
     g.map_pages(1);
-    let un = AccessFlags {
-        untranslated: true,
-        ..RW
-    };
     let mut b = [0u8; 8];
     // PASID 5 has no GCR3 leaf entry (V=0); with a 1-level GCR3 table
     // PASID 0x203 is beyond what it indexes.
@@ -131,9 +123,9 @@ fn untranslated_dma_without_gcr3_entry_logs_io_page_fault() {
         g.write_dte(Dte::encode_v2(DOMAIN, GCR3_ROOT, glx, true, false));
         g.commands(&[Command::InvalidateDevtabEntry { devid: DEVID }]);
         let r = if write {
-            g.iommu.dma_write(DEVID, pasid, VA, un, &[1])
+            g.iommu.dma_write(DEVID, pasid, VA, UN, &[1])
         } else {
-            g.iommu.dma_read(DEVID, pasid, VA, un, &mut b)
+            g.iommu.dma_read(DEVID, pasid, VA, UN, &mut b)
         };
         assert!(r.is_err(), "PASID {pasid:#x}");
         let ev = g.events();
@@ -160,11 +152,7 @@ fn illegal_dte_event_names_pasid_and_address() {
     d.0[0] |= 1 << 4;
     g.write_dte(d);
     g.commands(&[Command::InvalidateDevtabEntry { devid: DEVID }]);
-    let un = AccessFlags {
-        untranslated: true,
-        ..RW
-    };
-    assert!(g.iommu.dma_write(DEVID, PASID, VA + 8, un, &[1]).is_err());
+    assert!(g.iommu.dma_write(DEVID, PASID, VA + 8, UN, &[1]).is_err());
     let ev = g.events();
     let l = lo(&ev[0].entry);
     assert_eq!(l >> 60, 1);
@@ -206,11 +194,7 @@ fn device_beyond_device_table_is_handled_as_v0() {
     assert_eq!((l >> 57) & 7, 0, "type 0: translation not allowed");
     assert_eq!((l >> 32) & 0xffff, u64::from(PASID));
     assert_eq!(addr(&ev[0].entry), VA + 0x40);
-    let un = AccessFlags {
-        untranslated: true,
-        ..RW
-    };
-    assert!(g.iommu.dma_write(FAR, PASID, VA, un, &[1]).is_err());
+    assert!(g.iommu.dma_write(FAR, PASID, VA, UN, &[1]).is_err());
     let l = lo(&g.events()[0].entry);
     assert_eq!(l >> 60, 2, "untranslated: IO_PAGE_FAULT");
     assert_eq!((l >> 48) & 0xfff, u64::from(flag::GN | flag::RW));

@@ -11,9 +11,7 @@ use common::*;
 use iommu_dev::mem;
 use iommu_dev::pgtable::USER_RW;
 use iommu_dev::walker::{PTE_A, PTE_D};
-use iommu_dev::{
-    AccessError, AccessFlags, Command, CommandError, Dte, FaultAction, FaultPoint, FaultRule,
-};
+use iommu_dev::{AccessError, Command, CommandError, Dte, FaultAction, FaultPoint, FaultRule};
 
 #[test]
 fn fault_injection_points() {
@@ -101,13 +99,9 @@ fn fault_injection_points() {
     g.iommu
         .faults()
         .add(FaultRule::new(FaultPoint::PriRequest, FaultAction::Drop));
-    let pri = AccessFlags {
-        no_pri: false,
-        ..RW
-    };
     assert_eq!(
         g.iommu
-            .dma_read(DEVID, PASID, VA + 0x5000, pri, &mut [0u8; 1]),
+            .dma_read(DEVID, PASID, VA + 0x5000, PRI, &mut [0u8; 1]),
         Err(AccessError::PriTimeout { va: VA + 0x5000 })
     );
     assert!(g.iommu.ppr_log().is_empty());
@@ -119,8 +113,11 @@ fn planted(g: &Guest, point: FaultPoint, action: FaultAction) {
     g.iommu.faults().add(FaultRule::new(point, action));
 }
 
-/// Translate `n` pages into the IOTLB and the ATC, then move every page.
-fn cache_and_move(g: &mut Guest, n: u64) {
+/// A guest with `n` pages mapped and translated into the IOTLB and the
+/// ATC, then every page moved without an invalidation.
+fn moved(n: u64) -> Guest {
+    let mut g = Guest::new(4);
+    g.map_pages(n);
     for i in 0..n {
         g.iommu
             .ats_translate(DEVID, PASID, VA + i * 0x1000, RW)
@@ -132,6 +129,7 @@ fn cache_and_move(g: &mut Guest, n: u64) {
             (DATA + 0x10_0000 + i * 0x1000) | USER_RW | PTE_A | PTE_D,
         );
     }
+    g
 }
 
 fn stale_after(g: &Guest, n: u64) -> u64 {
@@ -142,9 +140,7 @@ fn stale_after(g: &Guest, n: u64) -> u64 {
 /// invalidations ahead of it have not taken effect; they do at the next batch.
 #[test]
 fn planted_completion_wait_before_invalidations() {
-    let mut g = Guest::new(4);
-    g.map_pages(1);
-    cache_and_move(&mut g, 1);
+    let g = moved(1);
     planted(&g, FaultPoint::CompletionWait, FaultAction::Defer);
     assert!(g.flush(VA, VA + 0xfff), "the wait still stores");
     let (iotlb, _, atc) = g.iommu.cache_sizes();
@@ -159,9 +155,7 @@ fn planted_completion_wait_before_invalidations() {
 /// the completion was reported.
 #[test]
 fn planted_atc_invalidation_after_its_completion() {
-    let mut g = Guest::new(4);
-    g.map_pages(1);
-    cache_and_move(&mut g, 1);
+    let g = moved(1);
     planted(&g, FaultPoint::AtcInvalidate, FaultAction::Defer);
     assert!(g.flush(VA, VA + 0xfff));
     assert_eq!(g.iommu.cache_sizes().0, 0, "IOTLB flushed");
@@ -175,9 +169,7 @@ fn planted_atc_invalidation_after_its_completion() {
 #[test]
 fn planted_s_range_one_size_too_small() {
     for point in [FaultPoint::IotlbInvalidate, FaultPoint::AtcInvalidate] {
-        let mut g = Guest::new(4);
-        g.map_pages(2);
-        cache_and_move(&mut g, 2);
+        let g = moved(2);
         planted(&g, point, FaultAction::Narrow);
         g.flush(VA, VA + 0x1fff);
         let (iotlb, _, atc) = g.iommu.cache_sizes();
@@ -189,9 +181,7 @@ fn planted_s_range_one_size_too_small() {
         assert_eq!(left, (1, 0), "{point:?}: the second page stays");
         assert_eq!(stale_after(&g, 2), 1);
         // A single page (S=0) is not affected.
-        let mut g = Guest::new(4);
-        g.map_pages(1);
-        cache_and_move(&mut g, 1);
+        let g = moved(1);
         planted(&g, point, FaultAction::Narrow);
         g.flush(VA, VA + 0xfff);
         assert_eq!(stale_after(&g, 1), 0);
@@ -202,9 +192,7 @@ fn planted_s_range_one_size_too_small() {
 #[test]
 fn planted_invalidation_to_another_pasid() {
     for point in [FaultPoint::IotlbInvalidate, FaultPoint::AtcInvalidate] {
-        let mut g = Guest::new(4);
-        g.map_pages(1);
-        cache_and_move(&mut g, 1);
+        let g = moved(1);
         planted(&g, point, FaultAction::OtherPasid);
         g.flush(VA, VA + 0xfff);
         assert_eq!(stale_after(&g, 1), 1, "{point:?}");
@@ -215,9 +203,7 @@ fn planted_invalidation_to_another_pasid() {
 /// the upper levels; dte_invalidate drop: the cached DTE stays.
 #[test]
 fn planted_walk_cache_and_dte_cache_kept() {
-    let mut g = Guest::new(4);
-    g.map_pages(1);
-    cache_and_move(&mut g, 1);
+    let g = moved(1);
     assert!(g.iommu.cache_sizes().1 > 0, "walk cache filled");
     planted(&g, FaultPoint::PwcInvalidate, FaultAction::Drop);
     g.flush(VA, VA + 0xfff);

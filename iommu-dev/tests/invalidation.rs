@@ -90,29 +90,11 @@ fn invalidation_fields_select_exactly() {
         (4, 3, 4)
     );
     // One page, PDE=0: one IOTLB entry, the walk cache stays.
-    assert_eq!(
-        inv(
-            &mut g,
-            DOMAIN,
-            PASID,
-            true,
-            false,
-            SRange::decode(VA + 0x1000, false)
-        ),
-        (3, 3, 4)
-    );
+    let page = SRange::decode(VA + 0x1000, false);
+    assert_eq!(inv(&mut g, DOMAIN, PASID, true, false, page), (3, 3, 4));
     // 8 KiB at VA+0x2000 with PDE=1: two entries and the walk-cache entries covering them.
-    assert_eq!(
-        inv(
-            &mut g,
-            DOMAIN,
-            PASID,
-            true,
-            true,
-            SRange::decode(VA + 0x2000, true)
-        ),
-        (1, 0, 4)
-    );
+    let two = SRange::decode(VA + 0x2000, true);
+    assert_eq!(inv(&mut g, DOMAIN, PASID, true, true, two), (1, 0, 4));
     // INVALIDATE_IOTLB_PAGES without GN (all PASIDs) for one page; then with GN, everything.
     let atc = |g: &mut Guest, pasid, gn, range| {
         g.commands(&[Command::InvalidateIotlbPages {

@@ -13,7 +13,7 @@ use iommu_dev::event::PprEntry;
 use iommu_dev::mem;
 use iommu_dev::pgtable::{DIR, USER_RW};
 use iommu_dev::walker::{PTE_A, PTE_D, PTE_P, PTE_US};
-use iommu_dev::{control, AccessError, AccessFlags, Command, DevTableBase, IommuConfig};
+use iommu_dev::{control, AccessError, Command, DevTableBase, IommuConfig};
 
 fn respond(g: &Guest, prgi: u16, code: u8) {
     let c = Command::CompletePprRequest {
@@ -46,15 +46,11 @@ fn map_leaf(g: &Guest, va: u64, pa: u64) {
 fn pri_round_trip() {
     let mut g = Guest::new(4);
     g.map_pages(1);
-    let pri = AccessFlags {
-        no_pri: false,
-        ..RW
-    };
     thread::scope(|s| {
         let h = s.spawn(|| {
             let mut b = [0u8; 4];
             g.iommu
-                .dma_read(DEVID, PASID, VA + 0x1000, pri, &mut b)
+                .dma_read(DEVID, PASID, VA + 0x1000, PRI, &mut b)
                 .map(|r| (r, b))
         });
         let p = wait_ppr(&g);
@@ -75,12 +71,8 @@ fn pri_round_trip() {
 fn pri_write_to_cow_page_and_invalid_and_failure() {
     let mut g = Guest::new(4);
     g.tables().map(VA, DATA, 1, PTE_P | PTE_US, DIR);
-    let pri = AccessFlags {
-        no_pri: false,
-        ..RW
-    };
     thread::scope(|s| {
-        let h = s.spawn(|| g.iommu.dma_write(DEVID, PASID, VA, pri, &[5]));
+        let h = s.spawn(|| g.iommu.dma_write(DEVID, PASID, VA, PRI, &[5]));
         let p = wait_ppr(&g);
         assert_ne!(p.flags & 0x20, 0, "WRITE requested");
         // COW resolved: a new writable page.
@@ -96,7 +88,7 @@ fn pri_write_to_cow_page_and_invalid_and_failure() {
     thread::scope(|s| {
         let h = s.spawn(|| {
             g.iommu
-                .dma_read(DEVID, PASID, VA + 0x2000, pri, &mut [0u8; 1])
+                .dma_read(DEVID, PASID, VA + 0x2000, PRI, &mut [0u8; 1])
         });
         let p = wait_ppr(&g);
         respond(&g, p.tag & 0x1ff, 1);
@@ -109,7 +101,7 @@ fn pri_write_to_cow_page_and_invalid_and_failure() {
     thread::scope(|s| {
         let h = s.spawn(|| {
             g.iommu
-                .dma_read(DEVID, PASID, VA + 0x2000, pri, &mut [0u8; 1])
+                .dma_read(DEVID, PASID, VA + 0x2000, PRI, &mut [0u8; 1])
         });
         let p = wait_ppr(&g);
         respond(&g, p.tag & 0x1ff, 0xf);
@@ -117,7 +109,7 @@ fn pri_write_to_cow_page_and_invalid_and_failure() {
     });
     assert!(g
         .iommu
-        .dma_read(DEVID, PASID, VA + 0x3000, pri, &mut [0u8; 1])
+        .dma_read(DEVID, PASID, VA + 0x3000, PRI, &mut [0u8; 1])
         .is_err());
     assert!(g.iommu.ppr_log().is_empty());
     g.iommu.reset();
@@ -132,12 +124,8 @@ fn pri_timeout_and_disabled() {
             ..Default::default()
         },
     );
-    let pri = AccessFlags {
-        no_pri: false,
-        ..RW
-    };
     assert_eq!(
-        g.iommu.dma_read(DEVID, PASID, VA, pri, &mut [0u8; 1]),
+        g.iommu.dma_read(DEVID, PASID, VA, PRI, &mut [0u8; 1]),
         Err(AccessError::PriTimeout { va: VA })
     );
     let _ = g.iommu.ppr_log().take(10);
@@ -146,7 +134,7 @@ fn pri_timeout_and_disabled() {
         .set_device_table(DevTableBase::encode(DEVTAB, 1), CTL & !control::PPR_EN)
         .unwrap();
     assert_eq!(
-        g.iommu.dma_read(DEVID, PASID, VA, pri, &mut [0u8; 1]),
+        g.iommu.dma_read(DEVID, PASID, VA, PRI, &mut [0u8; 1]),
         Err(AccessError::Fault { va: VA })
     );
     assert_eq!(g.event_codes(), vec![9]);
@@ -180,10 +168,6 @@ fn write_after_silent_permission_upgrade() {
         // A page-request handler that upgrades the PTE in place, without
         // an invalidation, and answers Success.
         let stop = AtomicBool::new(false);
-        let pri = AccessFlags {
-            no_pri: false,
-            ..RW
-        };
         thread::scope(|s| {
             s.spawn(|| {
                 while !stop.load(Ordering::Relaxed) {
@@ -195,7 +179,7 @@ fn write_after_silent_permission_upgrade() {
                     thread::sleep(Duration::from_micros(200));
                 }
             });
-            let r = g.iommu.dma_write(DEVID, PASID, VA, pri, &[7]);
+            let r = g.iommu.dma_write(DEVID, PASID, VA, PRI, &[7]);
             stop.store(true, Ordering::Relaxed);
             assert_eq!(r.is_ok(), lands, "{miss:?}: {r:?}");
         });

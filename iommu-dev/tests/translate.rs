@@ -190,12 +190,8 @@ fn leaf_outside_ram_translates_and_the_access_fails_without_event() {
         g.iommu.dma_read(DEVID, PASID, VA, RW, &mut [0u8; 4]),
         Err(AccessError::Memory(_))
     ));
-    let un = AccessFlags {
-        untranslated: true,
-        ..RW
-    };
     assert!(matches!(
-        g.iommu.dma_write(DEVID, PASID, VA, un, &[1]),
+        g.iommu.dma_write(DEVID, PASID, VA, UN, &[1]),
         Err(AccessError::Memory(_))
     ));
     assert!(g.events().is_empty());

@@ -41,6 +41,18 @@ pub const RW: AccessFlags = AccessFlags {
     untranslated: false,
 };
 
+/// [`RW`] as untranslated DMA (the IOMMU translates it, nothing is cached).
+pub const UN: AccessFlags = AccessFlags {
+    untranslated: true,
+    ..RW
+};
+
+/// [`RW`] with PRI: a fault sends a page request and waits for its answer.
+pub const PRI: AccessFlags = AccessFlags {
+    no_pri: false,
+    ..RW
+};
+
 /// The event code of a log record (bits 63:60).
 pub fn code(rec: &[u8; 16]) -> u64 {
     u64::from_le_bytes(rec[..8].try_into().unwrap()) >> 60
