@@ -102,9 +102,7 @@ fn indirect_descriptors() {
 
 #[test]
 fn event_queue_without_buffers_holds_bounded_and_counts_drops() {
-    let d = Daemon::start("event_log_entries = 4\n");
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready("event_log_entries = 4\n");
     // Ten ILLEGAL_COMMAND_ERROR events with no buffer posted.
     for _ in 0..10 {
         let t = g.commands_ticket(&[[0u8; 16]]);

@@ -12,9 +12,7 @@ use vhost_device_amdvi::virtio_amdvi::{self as w, req, Status};
 
 #[test]
 fn commands_illegal_reserved_and_event() {
-    let d = Daemon::start(CFG);
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready(CFG);
     g.post_event_buffers(4, 24 * 4);
     let good = Command::InvalidateDevtabEntry { devid: EP0 }.encode();
     let mut reserved = good;
@@ -70,9 +68,7 @@ fn commands_illegal_reserved_and_event() {
 
 #[test]
 fn commands_split_across_descriptors() {
-    let d = Daemon::start(CFG);
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready(CFG);
     // Bodies may be split across descriptors in any way: 5-byte pieces.
     let mut b = [3u32.to_le_bytes(), 0u32.to_le_bytes()].concat();
     for c in [
@@ -92,9 +88,7 @@ fn commands_split_across_descriptors() {
 
 #[test]
 fn completion_wait_store_visible_when_response_arrives() {
-    let d = Daemon::start(CFG);
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready(CFG);
     let va = 0x5000_0000u64;
     g.map_range(va, 1);
     ok(&g.read(EP0, va, 8));
@@ -110,11 +104,8 @@ fn completion_wait_store_visible_when_response_arrives() {
 
 #[test]
 fn completion_wait_store_waits_for_delayed_invalidation() {
-    let d = Daemon::start(
-        "[[fault]]\npoint = \"atc_invalidate\"\naction = \"delay\"\ndelay_us = 300000\n",
-    );
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) =
+        ready("[[fault]]\npoint = \"atc_invalidate\"\naction = \"delay\"\ndelay_us = 300000\n");
     let va = 0x5000_0000u64;
     g.map_range(va, 1);
     ok(&g.read(EP0, va, 8));

@@ -145,9 +145,7 @@ fn second_frontend_after_disconnect_gets_a_fresh_device() {
 
 #[test]
 fn guest_device_reset_resets_the_iommu() {
-    let d = Daemon::start("pri_timeout_ms = 5000\n");
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready("pri_timeout_ms = 5000\n");
     let va = 0x4000_0000u64;
     g.map_range(va, 1);
     let r = g.request(

@@ -13,9 +13,7 @@ use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 #[test]
 fn endpoint_translate_read_write() {
-    let d = Daemon::start(CFG);
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready(CFG);
     let va = 0x7f00_0000_0000u64;
     let pas = g.map_range(va, 2);
     g.mem
@@ -63,9 +61,7 @@ fn endpoint_translate_read_write() {
 
 #[test]
 fn endpoint_bad_input() {
-    let d = Daemon::start(CFG);
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready(CFG);
     let va = 0x1000_0000u64;
     g.map_range(va, 1);
     let st = |r: Reply| r.status;
@@ -144,9 +140,7 @@ fn endpoint_bad_input() {
 
 #[test]
 fn pri_round_trip() {
-    let d = Daemon::start(CFG);
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready(CFG);
     g.post_event_buffers(4, 24 * 8);
     let va = 0x6000_0000u64;
     // READ of an unmapped page: a page request goes out on the event queue.
@@ -182,9 +176,7 @@ fn pri_round_trip() {
 
 #[test]
 fn pri_timeout_invalid_answer_and_ppr_off() {
-    let d = Daemon::start("pri_timeout_ms = 200\n");
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready("pri_timeout_ms = 200\n");
     g.post_event_buffers(8, 24 * 8);
     // Nobody answers: TIMEOUT.
     let start = Instant::now();
@@ -225,9 +217,7 @@ fn pri_timeout_invalid_answer_and_ppr_off() {
 
 #[test]
 fn many_concurrent_faulting_accesses_do_not_block_others() {
-    let d = Daemon::start("pri_timeout_ms = 1000\n");
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready("pri_timeout_ms = 1000\n");
     g.post_event_buffers(8, 24 * 16);
     let va = 0x4000_0000u64;
     g.map_range(va, 1);

@@ -9,9 +9,7 @@ use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 #[test]
 fn oracle_read_audit_epoch() {
-    let d = Daemon::start(CFG);
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready(CFG);
     let va = 0x4000_0000u64;
     let pas = g.map_range(va, 1);
     let epoch = STORE_AREA + 0x100;

@@ -17,9 +17,7 @@ fn page_written(g: &Guest, pa: u64) -> bool {
 
 #[test]
 fn stream_runs_while_invalidations_arrive() {
-    let d = Daemon::start("max_streams = 2\n");
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready("max_streams = 2\n");
     let va = 0x7000_0000u64;
     let pas = g.map_range(va, 4);
     let r = g.request(
@@ -79,9 +77,7 @@ fn stream_runs_while_invalidations_arrive() {
 
 #[test]
 fn stream_limits_and_bad_parameters() {
-    let d = Daemon::start("max_streams = 2\n");
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready("max_streams = 2\n");
     let va = 0x7000_0000u64;
     g.map_range(va, 1);
     let start = |g: &mut Guest, s: w::StreamStart| g.request(req::STREAM_START, s.as_slice(), 8);
@@ -167,9 +163,7 @@ fn stream_limits_and_bad_parameters() {
 
 #[test]
 fn stream_follow_goes_where_the_pasid_maps() {
-    let d = Daemon::start("max_streams = 2\n");
-    let mut g = Guest::connect(&d);
-    g.setup_iommu();
+    let (_d, mut g) = ready("max_streams = 2\n");
     let (va, va2) = (0x7000_0000u64, 0x9000_0000u64);
     let near = g.map_range(va, 3);
     let far = g.map_range(va2, 2);

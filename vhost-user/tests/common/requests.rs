@@ -323,3 +323,12 @@ pub fn stop_stream(g: &mut Guest, id: u32, flags: u32) -> Reply {
     };
     g.request(req::STREAM_STOP, s.as_slice(), 80)
 }
+
+/// A daemon started with `cfg` and a guest connected to it with its IOMMU
+/// set up ([`Guest::setup_iommu`]); the daemon runs while it is kept.
+pub fn ready(cfg: &str) -> (Daemon, Guest) {
+    let d = Daemon::start(cfg);
+    let mut g = Guest::connect(&d);
+    g.setup_iommu();
+    (d, g)
+}
