@@ -4,6 +4,24 @@
 
 use super::*;
 
+/// Some error of `r` contains `needle` (all of them are shown when none does).
+#[track_caller]
+fn assert_error(r: &Report, needle: &str) {
+    assert!(
+        r.errors.iter().any(|e| e.contains(needle)),
+        "{needle:?} not among {:?}",
+        r.errors
+    );
+}
+
+/// Each top-level result's name and status, in order.
+fn statuses(r: &Report) -> Vec<(&str, Status)> {
+    r.results
+        .iter()
+        .map(|t| (t.name.as_str(), t.status))
+        .collect()
+}
+
 fn res(name: &str) -> String {
     format!("# amdvi-result: name={name} result=pass accesses=10 r1=0 r2=0 r3=0 r4=0 stale=0 ms=5")
 }
@@ -20,11 +38,7 @@ fn flat_pass_fail_skip() {
     assert!(r.version_seen);
     assert_eq!(r.plan, Some(3));
     assert_eq!(r.errors, Vec::<String>::new());
-    let st: Vec<_> = r
-        .results
-        .iter()
-        .map(|t| (t.name.as_str(), t.status))
-        .collect();
+    let st = statuses(&r);
     assert_eq!(
         st,
         vec![
@@ -117,21 +131,13 @@ fn missing_plan() {
     let r = parse(&format!("KTAP version 1\n{}\nok 1 a\n", res("a")));
     assert_eq!(r.plan, None);
     assert_eq!(r.results.len(), 1);
-    assert!(
-        r.errors.iter().any(|e| e.contains("missing plan")),
-        "{:?}",
-        r.errors
-    );
+    assert_error(&r, "missing plan");
 }
 
 #[test]
 fn fewer_results_than_planned() {
     let r = parse(&format!("KTAP version 1\n1..3\n{}\nok 1 a\n", res("a")));
-    assert!(
-        r.errors.iter().any(|e| e.contains("plan 1..3 but 1")),
-        "{:?}",
-        r.errors
-    );
+    assert_error(&r, "plan 1..3 but 1");
 }
 
 #[test]
@@ -186,20 +192,8 @@ fn ok_lines_before_the_document_are_ignored() {
 fn numbering_and_missing_amdvi_line() {
     let r = parse("KTAP version 1\n1..2\nok 1 a\nok 3 b\n");
     assert_eq!(r.results.len(), 2);
-    assert!(
-        r.errors
-            .iter()
-            .any(|e| e.contains("numbered 3, expected 2")),
-        "{:?}",
-        r.errors
-    );
-    assert!(
-        r.errors
-            .iter()
-            .any(|e| e.contains("`a` has no `# amdvi-result:`")),
-        "{:?}",
-        r.errors
-    );
+    assert_error(&r, "numbered 3, expected 2");
+    assert_error(&r, "`a` has no `# amdvi-result:`");
 }
 
 /// What the guest harness prints when a scenario's child dies on a
@@ -234,11 +228,7 @@ fn crashed_and_timed_out_children_are_their_scenarios_failures() {
     .join("\n");
     let r = parse(&text);
     assert_eq!(r.errors, Vec::<String>::new());
-    let st: Vec<_> = r
-        .results
-        .iter()
-        .map(|t| (t.name.as_str(), t.status))
-        .collect();
+    let st = statuses(&r);
     assert_eq!(
         st,
         vec![
@@ -270,22 +260,12 @@ fn totals_must_agree_with_the_results() {
         res("a")
     );
     let r = parse(&text);
-    assert!(
-        r.errors
-            .iter()
-            .any(|e| e.contains("`# Totals:` says pass:0 fail:1")),
-        "{:?}",
-        r.errors
-    );
+    assert_error(&r, "`# Totals:` says pass:0 fail:1");
     let r = parse(&format!(
         "KTAP version 1\n1..1\n{}\nok 1 a\n# Totals: pass:x\n",
         res("a")
     ));
-    assert!(
-        r.errors.iter().any(|e| e.contains("unreadable")),
-        "{:?}",
-        r.errors
-    );
+    assert_error(&r, "unreadable");
 }
 
 #[test]
@@ -296,18 +276,8 @@ fn crash_inside_a_test() {
     );
     let r = parse(&text);
     assert_eq!(r.results.len(), 1);
-    assert!(
-        r.errors
-            .iter()
-            .any(|e| e.contains("output ends inside a test")),
-        "{:?}",
-        r.errors
-    );
-    assert!(
-        r.errors.iter().any(|e| e.contains("plan 1..2 but 1")),
-        "{:?}",
-        r.errors
-    );
+    assert_error(&r, "output ends inside a test");
+    assert_error(&r, "plan 1..2 but 1");
 }
 
 #[test]
