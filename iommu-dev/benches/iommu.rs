@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use iommu_dev::ats::{Atc, AtsCompletion};
 use iommu_dev::cache::{Iotlb, Tag, TlbEntry};
-use iommu_dev::dte::GCR3_VALID;
 use iommu_dev::mem::{self, Mem};
-use iommu_dev::pgtable::Tables;
+use iommu_dev::pgtable::{self, Tables};
 use iommu_dev::walker::{self, AdUpdate, Dirty, Perms, Request, Start};
 use iommu_dev::{control, AccessFlags, Command, DevTableBase, Dte, Iommu, IommuConfig, SRange};
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryBackend};
@@ -132,11 +131,8 @@ fn hits(c: &mut Criterion) {
 fn iommu() -> (Iommu, Mem) {
     let m = mem::anon(0x200_0000);
     let cr3 = tables(&m, 4);
-    let dte = Dte::encode_v2(1, 0x2000, 0, true, false);
-    for (i, q) in dte.0.iter().enumerate() {
-        mem::store_u64(&m, 0x1000 + 32 * 0x10 + 8 * i as u64, *q).unwrap();
-    }
-    mem::store_u64(&m, 0x2000 + 8, cr3 | GCR3_VALID).unwrap();
+    pgtable::write_dte(&m, 0x1000, 0x10, &Dte::encode_v2(1, 0x2000, 0, true, false));
+    pgtable::write_gcr3_entry(&m, 0x2000, 1, cr3);
     let cfg = IommuConfig {
         oracle: false,
         ..Default::default()

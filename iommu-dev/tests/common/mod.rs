@@ -1,15 +1,16 @@
 //! A guest's view for model tests: device table, GCR3 table and CPU page
-//! tables in a `GuestMemoryMmap`, written in the AMD formats as Linux would.
+//! tables in a `GuestMemoryMmap`, written in the AMD formats as Linux would
+//! with the guest fixture (`iommu_dev::pgtable`), and the helpers the
+//! model's test files share (access flags, event-record fields).
 
 #![allow(dead_code)]
 
 use std::time::Duration;
 
-use iommu_dev::dte::GCR3_VALID;
 use iommu_dev::event::LogRecord;
 use iommu_dev::mem::{self, Mem};
-use iommu_dev::pgtable::{Tables, DIR, USER_RW};
-use iommu_dev::{control, Command, DevTableBase, Dte, Iommu, IommuConfig, SRange};
+use iommu_dev::pgtable::{self, Tables, DIR, USER_RW};
+use iommu_dev::{control, AccessFlags, Command, DevTableBase, Dte, Iommu, IommuConfig, SRange};
 use vm_memory::GuestMemoryAtomic;
 
 pub const DEVID: u16 = 0x10;
@@ -29,6 +30,43 @@ pub const CTL: u64 = control::IOMMU_EN
     | control::PPR_LOG_EN
     | control::PPR_EN
     | control::GT_EN;
+
+/// A user access without PRI: translated, through the ATC.
+pub const RW: AccessFlags = AccessFlags {
+    privileged: false,
+    exec: false,
+    no_write: false,
+    no_pri: true,
+    atc_only: false,
+    untranslated: false,
+};
+
+/// [`RW`] as untranslated DMA (the IOMMU translates it, nothing is cached).
+pub const UN: AccessFlags = AccessFlags {
+    untranslated: true,
+    ..RW
+};
+
+/// [`RW`] with PRI: a fault sends a page request and waits for its answer.
+pub const PRI: AccessFlags = AccessFlags {
+    no_pri: false,
+    ..RW
+};
+
+/// The event code of a log record (bits 63:60).
+pub fn code(rec: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(rec[..8].try_into().unwrap()) >> 60
+}
+
+/// The low quadword of a log record.
+pub fn lo(rec: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(rec[..8].try_into().unwrap())
+}
+
+/// The address quadword of a log record.
+pub fn addr(rec: &[u8; 16]) -> u64 {
+    u64::from_le_bytes(rec[8..].try_into().unwrap())
+}
 
 pub struct Guest {
     pub mem: Mem,
@@ -61,18 +99,8 @@ impl Guest {
         };
         g.write_dte(Dte::encode_v2(DOMAIN, GCR3_ROOT, 1, true, levels == 5));
         // 2-level GCR3: top index PASID[17:9], leaf index PASID[8:0].
-        mem::store_u64(
-            &g.mem,
-            GCR3_ROOT + 8 * u64::from(PASID >> 9),
-            GCR3_LEAF | GCR3_VALID,
-        )
-        .unwrap();
-        mem::store_u64(
-            &g.mem,
-            GCR3_LEAF + 8 * u64::from(PASID & 0x1ff),
-            POOL | GCR3_VALID,
-        )
-        .unwrap();
+        pgtable::write_gcr3_entry(&g.mem, GCR3_ROOT, u64::from(PASID >> 9), GCR3_LEAF);
+        pgtable::write_gcr3_entry(&g.mem, GCR3_LEAF, u64::from(PASID & 0x1ff), POOL);
         g.iommu
             .set_device_table(DevTableBase::encode(DEVTAB, 1), CTL)
             .unwrap();
@@ -80,9 +108,7 @@ impl Guest {
     }
 
     pub fn write_dte(&self, d: Dte) {
-        for (i, q) in d.0.iter().enumerate() {
-            mem::store_u64(&self.mem, DEVTAB + 32 * u64::from(DEVID) + 8 * i as u64, *q).unwrap();
-        }
+        pgtable::write_dte(&self.mem, DEVTAB, DEVID, &d);
     }
 
     pub fn tables(&mut self) -> TablesGuard<'_> {

@@ -5,9 +5,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use iommu_dev::dte::GCR3_VALID;
 use iommu_dev::mem::{self, Mem};
-use iommu_dev::walker::{PTE_P, PTE_RW, PTE_US};
+use iommu_dev::pgtable::{self, Tables};
 use iommu_dev::{
     AccessError, AccessFlags, AtsCompletion, Command, CommandError, DevTableBase, Dte, FaultRule,
     Finding, Iommu, IommuConfig, TraceEvent, Tracer,
@@ -15,8 +14,7 @@ use iommu_dev::{
 use vm_memory::GuestMemoryAtomic;
 
 use super::{
-    ADDR_MASK, CMDBUF_GPA, DATA_BASE, DEVTAB_GPA, DOMAIN_ID, GCR3_GPA, MEM_SIZE, PT_POOL,
-    PT_POOL_END,
+    CMDBUF_GPA, DATA_BASE, DEVTAB_GPA, DOMAIN_ID, GCR3_GPA, MEM_SIZE, PT_POOL, PT_POOL_END,
 };
 use crate::script::{Script, MAX_PAGES};
 
@@ -111,8 +109,9 @@ pub trait Backend {
     fn audit(&mut self, pasid: u32) -> Result<Vec<Finding>, BackendError>;
 }
 
-/// The iommu-dev model on simulated guest memory: a DTE per device, a
-/// one-level GCR3 table, 4-level tables from a pool, pages at `DATA_BASE`.
+/// The iommu-dev model on simulated guest memory, built with the guest
+/// fixture (`iommu_dev::pgtable`): a DTE per device, a one-level GCR3
+/// table, 4-level tables from a pool, pages at `DATA_BASE`.
 pub struct Model {
     iommu: Iommu,
     mem: Mem,
@@ -168,19 +167,12 @@ impl Model {
     fn setup(&mut self) {
         let mem = &self.mem;
         let cr3 = PT_POOL;
+        let dte = Dte::encode_v2(DOMAIN_ID, GCR3_GPA, 0, true, false);
         for &devid in &self.devids {
-            let dte = Dte::encode_v2(DOMAIN_ID, GCR3_GPA, 0, true, false);
-            for (i, q) in dte.0.iter().enumerate() {
-                mem::store_u64(
-                    mem,
-                    DEVTAB_GPA + u64::from(devid) * Dte::SIZE + 8 * i as u64,
-                    *q,
-                )
-                .expect("DTE in RAM");
-            }
+            pgtable::write_dte(mem, DEVTAB_GPA, devid, &dte);
         }
-        mem::store_u64(mem, GCR3_GPA + 8 * u64::from(self.pasid), cr3 | GCR3_VALID)
-            .expect("GCR3 in RAM");
+        // A one-level GCR3 table: the entry of the script's PASID.
+        pgtable::write_gcr3_entry(mem, GCR3_GPA, u64::from(self.pasid), cr3);
         use iommu_dev::control;
         self.iommu
             .set_device_table(
@@ -195,25 +187,10 @@ impl Model {
         self.next_table = cr3 + 0x1000;
     }
 
-    /// The leaf entry's GPA for `va`, allocating tables when `create`.
-    fn leaf_gpa(&mut self, va: u64, create: bool) -> Option<u64> {
-        let mut table = self.cr3;
-        for level in (2..=4u32).rev() {
-            let gpa = table + 8 * ((va >> (12 + 9 * (level - 1))) & 0x1ff);
-            let e = mem::load_u64(&self.mem, gpa).ok()?;
-            table = if e & PTE_P != 0 {
-                e & ADDR_MASK
-            } else if create {
-                let t = self.next_table;
-                assert!(t < PT_POOL_END, "page-table pool exhausted");
-                self.next_table += 0x1000;
-                mem::store_u64(&self.mem, gpa, t | PTE_P | PTE_RW | PTE_US).ok()?;
-                t
-            } else {
-                return None;
-            };
-        }
-        Some(table + 8 * ((va >> 12) & 0x1ff))
+    /// The script's 4-level tables, new tables from the pool up to
+    /// `PT_POOL_END`.
+    fn tables(&self) -> Tables<'_> {
+        Tables::resume(&self.mem, 4, self.cr3, self.next_table).with_pool_end(PT_POOL_END)
     }
 
     fn read_page(&self, page: usize) -> Vec<u8> {
@@ -233,14 +210,13 @@ impl Backend for Model {
     }
 
     fn pte(&mut self, va: u64) -> u64 {
-        self.leaf_gpa(va, false)
-            .and_then(|g| mem::load_u64(&self.mem, g).ok())
-            .unwrap_or(0)
+        self.tables().try_get(va, 1)
     }
 
     fn set_pte(&mut self, va: u64, v: u64) {
-        let g = self.leaf_gpa(va, true).expect("leaf");
-        mem::store_u64(&self.mem, g, v).expect("PTE in RAM");
+        let mut t = self.tables();
+        t.set_alloc(va, 1, v);
+        self.next_table = t.pool_next();
     }
 
     fn page_pa(&self, page: usize) -> u64 {
