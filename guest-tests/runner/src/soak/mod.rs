@@ -359,7 +359,6 @@ pub fn soak(args: &Args, duration: Duration) -> Result<i32> {
         &boots_csv,
     );
     // The last sample, after the last disconnect, then the daemon stops.
-    std::thread::sleep(Duration::from_millis(100));
     let samples = sampler.finish();
     let stopped = supervise::stop_daemon(&mut daemon);
     if !args.keep {

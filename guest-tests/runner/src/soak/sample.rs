@@ -143,11 +143,17 @@ impl Sampler {
             loop {
                 next += every;
                 let wait = next.saturating_duration_since(Instant::now());
-                match rx.recv_timeout(wait) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                let last = match rx.recv_timeout(wait) {
+                    Err(RecvTimeoutError::Timeout) => false,
+                    // One more sample: the state the caller ends in.
+                    Ok(()) => true,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                };
+                let r = take(&mut f);
+                if last {
+                    return;
                 }
-                if let Err(e) = take(&mut f) {
+                if let Err(e) = r {
                     log::warn!("writing {shown}: {e}; sampling stops");
                     return;
                 }
@@ -160,7 +166,8 @@ impl Sampler {
         })
     }
 
-    /// Stops the thread and returns the samples written, read back from the file.
+    /// Takes a last sample, stops the thread and returns the samples
+    /// written, read back from the file.
     pub fn finish(self) -> Result<Vec<Sample>> {
         let _ = self.stop.send(());
         let _ = self.thread.join();
@@ -286,11 +293,17 @@ mod tests {
         std::thread::sleep(Duration::from_millis(70));
         boot.store(1, Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(70));
+        boot.store(2, Ordering::Relaxed);
         let samples = s.finish().unwrap();
         std::fs::remove_file(&path).unwrap();
         assert!(samples.len() >= 3, "{samples:?}");
-        assert_eq!(samples[0].boot, 0);
-        assert_eq!(samples.last().unwrap().boot, 1);
+        assert_eq!(samples[0].boot, 0, "the first sample is taken at once");
+        assert!(samples.iter().any(|s| s.boot == 1));
+        assert_eq!(
+            samples.last().unwrap().boot,
+            2,
+            "finish takes a last sample"
+        );
         assert!(samples.iter().all(|s| s.rss_kib > 0 && s.fds > 0));
         assert!(samples.windows(2).all(|w| w[0].elapsed_s <= w[1].elapsed_s));
     }
