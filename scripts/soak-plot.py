@@ -93,7 +93,7 @@ def main(argv):
     if after:
         ax_fd.plot([a[0] for a in after], [a[1] for a in after], "o", ms=3, color="black",
                    label="after each disconnect")
-        ax_fd.legend(loc="upper right", fontsize="small")
+        ax_fd.legend(loc="lower right", fontsize="small")
     for b in boots:
         for ax in (ax_rss, ax_fd):
             ax.axvline(b[2] / 60, ls=":", lw=0.8, color="gray" if b[4] else "red")
