@@ -54,6 +54,7 @@ clean:
 # make kernels                    guest kernels into the per-user kernel cache
 # make run ARGS="--kver 6.1 --filter 'cow*' -v"    one guest run
 # make test-vm                    6.12 with 5- and 4-level paging, 6.1
+# make soak DURATION=30m          one daemon, the suite booted again and again
 # KVER="6.12.117+deb12-cloud-amd64 6.1.0-41-cloud-amd64" pins guest kernels.
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 AMDVI_RUN := $(TARGET_DIR)/release/amdvi-run --daemon $(TARGET_DIR)/release/vhost-device-amdvi
