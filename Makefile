@@ -5,7 +5,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all build test test-rust lint fmt bench clean sim deps kernels kernels-clear run shadow test-vm \
-	test-negative vm-bins script-bin test-scripts-vm matrix matrix-stress fuzz-smoke
+	test-negative vm-bins script-bin test-scripts-vm matrix matrix-stress fuzz-smoke soak
 
 all: build
 
@@ -54,6 +54,7 @@ clean:
 # make kernels                    guest kernels into the per-user kernel cache
 # make run ARGS="--kver 6.1 --filter 'cow*' -v"    one guest run
 # make test-vm                    6.12 with 5- and 4-level paging, 6.1
+# make soak DURATION=30m          one daemon, the suite booted again and again
 # KVER="6.12.117+deb12-cloud-amd64 6.1.0-41-cloud-amd64" pins guest kernels.
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 AMDVI_RUN := $(TARGET_DIR)/release/amdvi-run --daemon $(TARGET_DIR)/release/vhost-device-amdvi
@@ -64,8 +65,9 @@ KVER ?=
 export KVER
 KERNEL_SERIES ?= 6.12 6.1
 
+DEPS_ARGS ?=
 deps:
-	scripts/deps.sh
+	scripts/deps.sh $(DEPS_ARGS)
 
 # Debian's cloud kernels, unpacked under ~/.cache/amdvi-bench (no root, and
 # nothing under /boot or /lib/modules). amdvi-run also fetches on demand.
@@ -80,6 +82,22 @@ vm-bins:
 
 run: deps kernels vm-bins
 	$(AMDVI_RUN) $(ARGS)
+
+# Soak (README "Soak"): one daemon for DURATION, the default suite booted
+# against it again and again, cycling 6.12/6.1 and 5-/4-level paging (a new
+# QEMU on the same socket each time). Fails unless every boot passed with 0
+# failing findings and 0 lost events and no fd leaked; then draws
+# build/soak/soak.png from build/soak/samples.csv. The exit status is the
+# soak's: a plot that cannot be drawn is a warning. DEPS_ARGS is
+# target-specific, so the deps prerequisite also installs matplotlib.
+#   make soak DURATION=30m ARGS="--soak-configs 6.12:5,6.12:4"
+DURATION ?= 10m
+soak: DEPS_ARGS += --plot
+soak: deps kernels vm-bins
+	@rc=0; $(AMDVI_RUN) --soak $(DURATION) $(ARGS) || rc=$$?; \
+	python3 scripts/soak-plot.py build/soak/samples.csv build/soak/soak.png || \
+		echo "make soak: warning: no plot (scripts/soak-plot.py failed); the soak's verdict stands"; \
+	exit $$rc
 
 test-vm: deps kernels vm-bins
 	@fail=0; for c in $(TEST_VM_CONFIGS); do \

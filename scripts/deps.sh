@@ -14,20 +14,27 @@
 #   scripts/deps.sh --kernel-build  also what make kernel and make mutants
 #                                   need: kbuild's tools, libelf for objtool,
 #                                   ccache, xz for the source tarball
+#   scripts/deps.sh --plot          also matplotlib for the soak's plot
+#                                   (make soak, scripts/soak-plot.py); on
+#                                   another distribution only a note
 # python3 runs the fault and mutant matrices (make matrix, make mutants).
 set -euo pipefail
 
 KERNEL_BUILD=0
-case "${1:-}" in
-"") ;;
---kernel-build) KERNEL_BUILD=1 ;;
-*) printf 'deps: error: unknown argument %s (expected --kernel-build or nothing)\n' "$1" >&2; exit 2 ;;
-esac
+PLOT=0
+for arg in "$@"; do
+	case "$arg" in
+	--kernel-build) KERNEL_BUILD=1 ;;
+	--plot) PLOT=1 ;;
+	*) printf 'deps: error: unknown argument %s (expected --kernel-build, --plot or nothing)\n' "$arg" >&2; exit 2 ;;
+	esac
+done
 
 QEMU_MIN_MAJOR=10
 QEMU_MIN_MINOR=0
 BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring python3)
 KERNEL_PKGS=(flex bison bc libelf-dev ccache xz-utils)
+PLOT_PKGS=(python3-matplotlib)
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 
 log() { printf 'deps: %s\n' "$*"; }
@@ -78,6 +85,20 @@ if ((KERNEL_BUILD)); then
 	done
 	[[ -e /usr/include/gelf.h ]] || missing+=(libelf-dev)
 fi
+# matplotlib from pip or elsewhere does as well as Debian's. The python3 on
+# the PATH may not be Debian's (pyenv): Debian's package serves
+# /usr/bin/python3, which scripts/soak-plot.py falls back to.
+plot_ok() {
+	python3 -c 'import matplotlib' >/dev/null 2>&1 ||
+		{ [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import matplotlib' >/dev/null 2>&1; }
+}
+if ((PLOT)) && ! plot_ok; then
+	if [[ "$codename" == other ]]; then
+		log "note: python3 has no matplotlib: the soak runs, scripts/soak-plot.py cannot draw its plot"
+	else
+		missing+=("${PLOT_PKGS[@]}")
+	fi
+fi
 if [[ "$codename" != other ]]; then
 	for p in "${BASE_PKGS[@]}"; do
 		pkg_installed "$p" || missing+=("$p")
@@ -107,6 +128,7 @@ deps: this script installs packages on Debian 12 and 13 only. Install by hand:
     (scripts/kernel-cache.sh), or pass your own --kernel/--headers to amdvi-run
   - for make kernel and make mutants: flex, bison, bc, libelf (headers),
     ccache and xz
+  - for the soak's plot (make soak; optional): matplotlib for python3
 EOF
 	exit 1
 fi
@@ -133,6 +155,8 @@ if ((EUID != 0)); then
 			echo "  DEBIAN_FRONTEND=noninteractive apt-get ${APT_OPTS[*]} install -t $BACKPORTS qemu-system-x86"
 			((KERNEL_BUILD)) &&
 				echo "  DEBIAN_FRONTEND=noninteractive apt-get ${APT_OPTS[*]} install -t $BACKPORTS ${KERNEL_PKGS[*]}"
+			((PLOT)) && ! plot_ok &&
+				echo "  DEBIAN_FRONTEND=noninteractive apt-get ${APT_OPTS[*]} install ${PLOT_PKGS[*]}"
 		} >&2
 		exit 1
 	fi
@@ -178,6 +202,11 @@ if ((KERNEL_BUILD)); then
 		log "installing for the kernel build: ${to_install[*]}"
 		apt_get install -t "$BACKPORTS" "${to_install[@]}"
 	fi
+fi
+if ((PLOT)) && ! plot_ok; then
+	log "installing for the soak's plot: ${PLOT_PKGS[*]}"
+	apt_get install "${PLOT_PKGS[@]}"
+	plot_ok || die "python3 still cannot import matplotlib"
 fi
 log "qemu: $(qemu-system-x86_64 -version | head -n 1)"
 log "all host dependencies present (guest kernels: scripts/kernel-cache.sh)"

@@ -179,6 +179,26 @@ pub struct Args {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Soak: keep one daemon process for DURATION (90s, 30m, 1h30m; a bare
+    /// number is seconds) and boot the suite against it again and again,
+    /// cycling through --soak-configs (kernel and paging churn; each boot is
+    /// a new QEMU on the same socket). Samples the daemon's RSS and open fds
+    /// into <build-dir>/soak/samples.csv; fails unless every boot passed
+    /// with 0 failing findings and 0 lost events, and the fd count after the
+    /// last disconnect equals the one after the first.
+    #[arg(long, value_name = "DURATION", value_parser = crate::soak::parse_duration,
+          conflicts_with_all = ["kver", "kernel", "paging", "shadow", "scripts", "expect_caught",
+                                "no_device", "print_cmdline", "json"],
+          help_heading = "Soak")]
+    pub soak: Option<std::time::Duration>,
+
+    /// The boots of a soak in turn, SERIES:LEVELS, comma-separated [default:
+    /// 6.12:5,6.1:4,6.12:4,6.1:5; a kernel the cache cannot provide is then
+    /// left out with a warning, while one named here is an error].
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "soak",
+          value_parser = crate::soak::parse_config, help_heading = "Soak")]
+    pub soak_configs: Option<Vec<crate::soak::SoakConfig>>,
+
     /// DEBUGGING ONLY: boot without the amdvi device and without starting the
     /// daemon (checks the kernel, initramfs and console path; the suite cannot
     /// pass this way).

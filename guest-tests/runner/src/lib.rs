@@ -20,5 +20,6 @@ pub mod qemu;
 pub mod report;
 pub mod run;
 pub mod scripts;
+pub mod soak;
 pub mod summary;
 pub mod supervise;

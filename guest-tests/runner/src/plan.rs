@@ -14,7 +14,16 @@ use crate::guest_kernel::{self, GuestKernel};
 use crate::qemu::{self, Carrier, GuestArgs, Paging, QemuConfig};
 
 /// Longest path a Unix socket address can hold (sun_path minus the NUL).
-const SUN_PATH_MAX: usize = 107;
+pub const SUN_PATH_MAX: usize = 107;
+
+/// Where a daemon that serves more than one boot (a soak) listens, logs and
+/// writes its statistics; [`Plan::with_daemon`] points a boot at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonFiles {
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub stats_json: PathBuf,
+}
 
 /// Everything a run needs to know before it starts a process.
 #[derive(Debug)]
@@ -42,7 +51,7 @@ pub struct Plan {
 
 /// The repository root: the nearest ancestor of the working directory that
 /// holds `guest-tests/initramfs/init`, else the one this binary was built in.
-fn find_root() -> PathBuf {
+pub fn find_root() -> PathBuf {
     if let Ok(mut d) = std::env::current_dir() {
         loop {
             if d.join("guest-tests/initramfs/init").is_file() {
@@ -104,13 +113,31 @@ fn check_accel(args: &Args) -> Result<()> {
 impl Plan {
     /// Builds the plan; checks what can be checked without starting anything.
     pub fn new(args: &Args) -> Result<Plan> {
+        Plan::build(args, None, None)
+    }
+
+    /// The plan of a boot of `kernel` (resolved already) against a daemon
+    /// whose socket, log and statistics are `files` (one daemon for many
+    /// boots) rather than the boot's own.
+    pub fn with_daemon(args: &Args, kernel: GuestKernel, files: &DaemonFiles) -> Result<Plan> {
+        Plan::build(args, Some(files), Some(kernel))
+    }
+
+    fn build(
+        args: &Args,
+        shared: Option<&DaemonFiles>,
+        kernel: Option<GuestKernel>,
+    ) -> Result<Plan> {
         let root = find_root();
         let build_dir = args.build_dir.clone().unwrap_or_else(|| root.join("build"));
         std::fs::create_dir_all(&build_dir)
             .map_err(|e| io_err(format!("creating {}", build_dir.display()), e))?;
         let build_dir = short(&build_dir.canonicalize().unwrap_or(build_dir));
 
-        let kernel = guest_kernel::resolve(args, &root)?;
+        let kernel = match kernel {
+            Some(k) => k,
+            None => guest_kernel::resolve(args, &root)?,
+        };
         let (qemu_banner, qemu_ver) = qemu_version(&args.qemu)?;
         if qemu_ver < (10, 0, 0) && !args.no_device {
             warn!("{qemu_banner}: QEMU >= 10.0 is needed for the vhost-user carrier (`make deps`)");
@@ -128,14 +155,25 @@ impl Plan {
         let release = &kernel.release;
         let tag = format!("{release}-{}lvl", paging.levels());
         let mut socket = build_dir.join(format!("amdvi-{tag}.sock"));
-        if socket.as_os_str().len() > SUN_PATH_MAX {
+        if let Some(f) = shared {
+            socket = f.socket.clone();
+        } else if socket.as_os_str().len() > SUN_PATH_MAX {
             socket = std::env::temp_dir().join(format!(
                 "amdvi-{}-{}lvl.sock",
                 std::process::id(),
                 paging.levels()
             ));
         }
-        let stats_json = build_dir.join(format!("stats-{tag}.json"));
+        let stats_json = shared.map_or_else(
+            || build_dir.join(format!("stats-{tag}.json")),
+            |f| f.stats_json.clone(),
+        );
+        if socket.as_os_str().len() > SUN_PATH_MAX {
+            return Err(Error::Setup(format!(
+                "socket path {} is longer than {SUN_PATH_MAX} bytes",
+                socket.display()
+            )));
+        }
         let config = args
             .config
             .clone()
@@ -177,7 +215,10 @@ impl Plan {
         qemu_cmd.extend(qemu::qemu_argv(&qcfg));
         Ok(Plan {
             console_log: build_dir.join(format!("console-{tag}.log")),
-            daemon_log: build_dir.join(format!("daemon-{tag}.log")),
+            daemon_log: shared.map_or_else(
+                || build_dir.join(format!("daemon-{tag}.log")),
+                |f| f.log.clone(),
+            ),
             qemu_log: build_dir.join(format!("qemu-{tag}.log")),
             json_path: args
                 .json

@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::image;
 use crate::plan::Plan;
 use crate::qemu;
+use crate::soak;
 use crate::summary;
 use crate::supervise;
 
@@ -24,6 +25,9 @@ pub fn main_with(args: &Args) -> i32 {
 }
 
 fn run(args: &Args) -> Result<i32> {
+    if let Some(duration) = args.soak {
+        return soak::soak(args, duration);
+    }
     let plan = Plan::new(args)?;
     if args.print_cmdline {
         if !args.no_device {

@@ -2,6 +2,10 @@
 //! The supervisor of a run: starts the daemon, then QEMU, follows the serial
 //! console (KTAP, the init's lines, kernel problems), enforces the timeouts,
 //! stops both and returns what it observed. It judges nothing.
+//!
+//! The daemon's part ([`start_daemon`], [`stop_daemon`]) and one boot
+//! against a running daemon ([`boot`]) are separate, so that a soak
+//! (`crate::soak`) can boot many guests against one daemon process.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
@@ -42,7 +46,8 @@ pub struct Observed {
     pub daemon_stats: Option<serde_json::Value>,
 }
 
-fn describe(st: ExitStatus) -> String {
+/// "exit status N" or "killed by signal N (NAME)".
+pub fn describe(st: ExitStatus) -> String {
     match (st.code(), st.signal()) {
         (Some(c), _) => format!("exit status {c}"),
         (None, Some(s)) => format!("killed by signal {s}{}", signal_name(s)),
@@ -68,7 +73,8 @@ fn tail_of(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn start_daemon(argv: &[String], log: &Path, socket: &Path) -> Result<Child> {
+/// Starts the daemon (`argv`, output to `log`) and waits for its socket.
+pub fn start_daemon(argv: &[String], log: &Path, socket: &Path) -> Result<Child> {
     let _ = std::fs::remove_file(socket);
     let out = File::create(log).map_err(|e| io_err(format!("creating {}", log.display()), e))?;
     let err = out
@@ -117,7 +123,7 @@ fn start_daemon(argv: &[String], log: &Path, socket: &Path) -> Result<Child> {
 
 /// Stops the daemon with SIGTERM (SIGKILL after a grace period). Returns a
 /// description of a bad ending, if any.
-fn stop_daemon(child: &mut Child) -> Option<String> {
+pub fn stop_daemon(child: &mut Child) -> Option<String> {
     if let Ok(Some(st)) = child.try_wait() {
         return Some(format!("exited during the run ({})", describe(st)));
     }
@@ -188,6 +194,26 @@ fn progress_line(elapsed: f64, t: &ktap::TestResult, plan: Option<u32>, host_sec
     )
 }
 
+/// Which scenario progress lines a boot prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The plan and every result (a single run).
+    All,
+    /// Only failed scenarios, and the QEMU command line at debug level (a
+    /// soak's many boots).
+    Failures,
+}
+
+/// What one boot against a running daemon produced.
+#[derive(Debug)]
+pub struct Booted {
+    pub report: ktap::Report,
+    pub obs: Observations,
+    /// Host seconds per scenario result, in order.
+    pub host_secs: Vec<f64>,
+    pub qemu_secs: f64,
+}
+
 /// Boots the guest with the daemon behind it and follows it to the end.
 pub fn supervise(args: &Args, plan: &Plan) -> Result<Observed> {
     let mut daemon_child = if args.no_device {
@@ -200,9 +226,68 @@ pub fn supervise(args: &Args, plan: &Plan) -> Result<Observed> {
             &plan.socket,
         )?)
     };
+    let booted = boot(args, plan, daemon_child.as_mut(), Progress::All);
+    let Booted {
+        report,
+        mut obs,
+        host_secs,
+        qemu_secs,
+    } = match booted {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(d) = daemon_child.as_mut() {
+                let _ = d.kill();
+                let _ = d.wait();
+            }
+            return Err(e);
+        }
+    };
+    let mut daemon_stats = None;
+    if let Some(d) = daemon_child.as_mut() {
+        if let Some(bad) = stop_daemon(d) {
+            if obs.daemon_failure.is_none() {
+                obs.daemon_failure = Some(format!("{bad}; see {}", plan.daemon_log.display()));
+            }
+        }
+        daemon_stats = read_stats(&plan.stats_json);
+        if daemon_stats.is_none() {
+            warn!("no daemon statistics in {}", plan.stats_json.display());
+        }
+    }
+    Ok(Observed {
+        report,
+        obs,
+        host_secs,
+        qemu_secs,
+        daemon_ran: daemon_child.is_some(),
+        daemon_stats,
+    })
+}
+
+/// The daemon's `--stats-json` file, when it exists and parses.
+pub fn read_stats(path: &Path) -> Option<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+}
+
+/// One boot: starts QEMU against the daemon already listening on
+/// `plan.socket` (`daemon`, watched so that its death ends the boot; `None`
+/// for --no-device), follows the console to the end and returns what it
+/// saw. The daemon is left running.
+pub fn boot(
+    args: &Args,
+    plan: &Plan,
+    mut daemon_child: Option<&mut Child>,
+    progress: Progress,
+) -> Result<Booted> {
     let qemu_err = File::create(&plan.qemu_log)
         .map_err(|e| io_err(format!("creating {}", plan.qemu_log.display()), e))?;
-    info!("starting {}", qemu::shell_line(&plan.qemu_cmd));
+    let line = qemu::shell_line(&plan.qemu_cmd);
+    match progress {
+        Progress::All => info!("starting {line}"),
+        Progress::Failures => debug!("starting {line}"),
+    }
     let started = Instant::now();
     let mut qemu_child = match Command::new(&args.qemu)
         .args(&plan.qemu_cmd[1..])
@@ -212,13 +297,7 @@ pub fn supervise(args: &Args, plan: &Plan) -> Result<Observed> {
         .spawn()
     {
         Ok(c) => c,
-        Err(e) => {
-            if let Some(d) = daemon_child.as_mut() {
-                let _ = d.kill();
-                let _ = d.wait();
-            }
-            return Err(io_err(format!("starting {}", args.qemu.display()), e));
-        }
+        Err(e) => return Err(io_err(format!("starting {}", args.qemu.display()), e)),
     };
     let stdout = qemu_child.stdout.take().expect("stdout is piped");
     let mut console_file = File::create(&plan.console_log)
@@ -264,19 +343,23 @@ pub fn supervise(args: &Args, plan: &Plan) -> Result<Observed> {
                     Some(Event::Plan(n)) => {
                         ktap_plan = Some(n);
                         mark = Instant::now();
-                        println!(
-                            "[{:7.1}s] plan: {n} scenario(s)",
-                            started.elapsed().as_secs_f64()
-                        );
+                        if progress == Progress::All {
+                            println!(
+                                "[{:7.1}s] plan: {n} scenario(s)",
+                                started.elapsed().as_secs_f64()
+                            );
+                        }
                     }
                     Some(Event::Result(t)) => {
                         let secs = mark.elapsed().as_secs_f64();
                         mark = Instant::now();
                         host_secs.push(secs);
-                        println!(
-                            "{}",
-                            progress_line(started.elapsed().as_secs_f64(), &t, ktap_plan, secs)
-                        );
+                        if progress == Progress::All || t.status == Status::Fail {
+                            println!(
+                                "{}",
+                                progress_line(started.elapsed().as_secs_f64(), &t, ktap_plan, secs)
+                            );
+                        }
                     }
                     None => {}
                 }
@@ -316,10 +399,7 @@ pub fn supervise(args: &Args, plan: &Plan) -> Result<Observed> {
             continue;
         }
         if Instant::now() > deadline {
-            error!(
-                "timeout after {} s: killing QEMU and the daemon",
-                args.timeout
-            );
+            error!("timeout after {} s: killing QEMU", args.timeout);
             obs.timed_out = true;
             let _ = qemu_child.kill();
             killed = true;
@@ -359,27 +439,11 @@ pub fn supervise(args: &Args, plan: &Plan) -> Result<Observed> {
             tail_of(&plan.qemu_log, 10)
         ));
     }
-    let mut daemon_stats = None;
-    if let Some(d) = daemon_child.as_mut() {
-        if let Some(bad) = stop_daemon(d) {
-            if obs.daemon_failure.is_none() {
-                obs.daemon_failure = Some(format!("{bad}; see {}", plan.daemon_log.display()));
-            }
-        }
-        daemon_stats = std::fs::read_to_string(&plan.stats_json)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
-        if daemon_stats.is_none() {
-            warn!("no daemon statistics in {}", plan.stats_json.display());
-        }
-    }
-    Ok(Observed {
+    Ok(Booted {
         report: parser.finish(),
         obs,
         host_secs,
         qemu_secs,
-        daemon_ran: daemon_child.is_some(),
-        daemon_stats,
     })
 }
 
