@@ -14,7 +14,8 @@
 #   scripts/deps.sh --kernel-build  also what make kernel and make mutants
 #                                   need: kbuild's tools, libelf for objtool,
 #                                   ccache, xz for the source tarball
-# python3 runs the fault and mutant matrices (make matrix, make mutants).
+# python3 runs the fault and mutant matrices (make matrix, make mutants);
+# valgrind (callgrind) counts instructions for make bench-stable.
 set -euo pipefail
 
 KERNEL_BUILD=0
@@ -26,7 +27,7 @@ esac
 
 QEMU_MIN_MAJOR=10
 QEMU_MIN_MINOR=0
-BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring python3)
+BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring python3 valgrind)
 KERNEL_PKGS=(flex bison bc libelf-dev ccache xz-utils)
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 
