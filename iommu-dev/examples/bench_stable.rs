@@ -6,8 +6,8 @@
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*stable_op_OP'`
 //! only the instructions inside those calls are counted; the script runs
 //! two values of N and divides the difference, so set-up and one-time
-//! costs cancel. `bench_stable --list` prints the operations. Without
-//! valgrind it just runs (a smoke test).
+//! costs cancel. `bench_stable --list` prints the operations;
+//! `bench_stable --time [OP...]` times them in turns (ratios in one run).
 
 use std::hint::black_box;
 use std::sync::Mutex;
@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use iommu_dev::ats::Atc;
 use iommu_dev::cache::Iotlb;
 use iommu_dev::mem::{self, Mem};
-use iommu_dev::walker::{self, AdUpdate, Dirty, Perms, Start, Translation};
+use iommu_dev::walker::{self, AdUpdate, Dirty, Perms, Start};
 use iommu_dev::{AccessFlags, Command, Iommu, Port, SRange};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
@@ -61,15 +61,21 @@ const OPS: &[(&str, &str)] = &[
 ];
 
 #[inline(never)]
-fn stable_op_walk_4level(w: &mut mem::Words<'_>, top: Start) -> Translation {
+fn stable_op_walk_4level(w: &mut mem::Words<'_>, top: Start) -> u64 {
     let upd = AdUpdate::Update(Dirty::OnWrite);
-    walker::walk_words(w, top, 4, black_box(VA), RD, upd).unwrap()
+    let r = walker::walk_words(w, top, 4, black_box(VA), RD, upd);
+    // The whole translation stays where the walk wrote it (not copied).
+    black_box(&r);
+    r.map_or(0, |t| t.pa_base)
 }
 
 #[inline(never)]
-fn stable_op_walk_5level(w: &mut mem::Words<'_>, top: Start) -> Translation {
+fn stable_op_walk_5level(w: &mut mem::Words<'_>, top: Start) -> u64 {
     let upd = AdUpdate::Update(Dirty::OnWrite);
-    walker::walk_words(w, top, 5, black_box(VA), RD, upd).unwrap()
+    let r = walker::walk_words(w, top, 5, black_box(VA), RD, upd);
+    // The whole translation stays where the walk wrote it (not copied).
+    black_box(&r);
+    r.map_or(0, |t| t.pa_base)
 }
 
 type Peer<'a> = x86_64::structures::paging::OffsetPageTable<'a>;
@@ -142,10 +148,10 @@ const FLAGS: AccessFlags = AccessFlags {
 };
 
 /// Guest memory with tables for `levels` and a warm walk (A bits set).
-fn walk_setup(levels: u8) -> (Mem, Start) {
-    let m = mem::anon(0x100_0000);
-    let cr3 = tables(&m, levels);
-    walker::walk(&m, cr3, levels, VA, RD, AdUpdate::Update(Dirty::OnWrite)).unwrap();
+fn walk_setup(levels: u8) -> (&'static Mem, Start) {
+    let m: &'static Mem = Box::leak(Box::new(mem::anon(0x100_0000)));
+    let cr3 = tables(m, levels);
+    walker::walk(m, cr3, levels, VA, RD, AdUpdate::Update(Dirty::OnWrite)).unwrap();
     let top = Start {
         level: levels,
         table: cr3,
@@ -154,67 +160,83 @@ fn walk_setup(levels: u8) -> (Mem, Start) {
     (m, top)
 }
 
-fn run(op: &str, n: u64) -> Result<(), String> {
-    const WARM: u64 = 16;
-    match op {
+/// An IOMMU that lives for the rest of the run (ports borrow it).
+fn leaked_iommu() -> (&'static Iommu, Mem) {
+    let (iommu, m) = iommu();
+    (Box::leak(Box::new(iommu)), m)
+}
+
+/// A runner of `n` operations.
+type Runner = Box<dyn FnMut(u64)>;
+
+/// Set `op` up: the returned runner calls its measured function n times.
+fn setup(op: &str) -> Result<Runner, String> {
+    Ok(match op {
         "walk_4level" | "walk_5level" => {
             let levels = if op == "walk_4level" { 4 } else { 5 };
             let (m, top) = walk_setup(levels);
-            let mut w = mem::Words::new(&m);
+            let mut w = mem::Words::new(m);
             let f = if levels == 4 {
                 stable_op_walk_4level
             } else {
                 stable_op_walk_5level
             };
-            let want = walker::walk(&m, top.table, levels, VA, RD, AdUpdate::ReadOnly).unwrap();
-            for _ in 0..WARM {
-                black_box(
-                    walker::walk_words(&mut w, top, levels, VA, RD, AdUpdate::ReadOnly).unwrap(),
-                );
-            }
-            for _ in 0..n {
-                assert_eq!(f(&mut w, top).pa_base, want.pa_base);
-            }
+            let want = walker::walk(m, top.table, levels, VA, RD, AdUpdate::ReadOnly).unwrap();
+            Box::new(move |n| {
+                for _ in 0..n {
+                    assert_eq!(f(&mut w, top), want.pa_base);
+                }
+            })
         }
         "peer_walk_4level" => {
             use x86_64::structures::paging::{OffsetPageTable, PageTable};
             let (m, top) = walk_setup(4);
             let host = m.get_host_address(GuestAddress(0)).unwrap() as u64;
-            // SAFETY: valid 4-level tables entirely inside `m`, mapped at
-            // `host` for the whole run; only read through `translate_addr`.
+            // SAFETY: valid 4-level tables entirely inside `m`, which is
+            // leaked (mapped for the rest of the run) at `host`; only read
+            // through `translate_addr`.
             let pt = unsafe {
                 OffsetPageTable::new(
                     &mut *((host + top.table) as *mut PageTable),
                     x86_64::VirtAddr::new(host),
                 )
             };
-            for _ in 0..n {
-                assert_eq!(stable_op_peer_walk_4level(&pt), PA);
-            }
+            Box::new(move |n| {
+                for _ in 0..n {
+                    assert_eq!(stable_op_peer_walk_4level(&pt), PA);
+                }
+            })
         }
         "iotlb_hit" => {
             let t = Mutex::new(common::iotlb(4096));
-            for _ in 0..n {
-                black_box(stable_op_iotlb_hit(&t));
-            }
+            Box::new(move |n| {
+                for _ in 0..n {
+                    black_box(stable_op_iotlb_hit(&t));
+                }
+            })
         }
         "atc_hit" => {
             let a = Mutex::new(common::atc());
-            for _ in 0..n {
-                black_box(stable_op_atc_hit(&a));
-            }
+            Box::new(move |n| {
+                for _ in 0..n {
+                    black_box(stable_op_atc_hit(&a));
+                }
+            })
         }
         "iotlb_invalidate" => {
             let mut t = common::iotlb(4096);
-            for i in 0..n {
-                // 64 distinct pages in turn, each put back outside the count.
-                let k = i % 64;
-                assert_eq!(stable_op_iotlb_invalidate(&mut t, VA + (k << 12)), 1);
-                t.insert(TAG, entry(k));
-            }
+            let mut k = 0;
+            Box::new(move |n| {
+                for _ in 0..n {
+                    // 64 distinct pages in turn, each put back outside the count.
+                    k = (k + 1) % 64;
+                    assert_eq!(stable_op_iotlb_invalidate(&mut t, VA + (k << 12)), 1);
+                    t.insert(TAG, entry(k));
+                }
+            })
         }
         "command_invalidate" => {
-            let (iommu, _m) = iommu();
+            let (iommu, _m) = leaked_iommu();
             let cmd = Command::InvalidateIommuPages {
                 domain_id: 1,
                 pasid: 1,
@@ -224,67 +246,113 @@ fn run(op: &str, n: u64) -> Result<(), String> {
             };
             let raw = [(0x9000u64, cmd.encode())];
             let mut port = iommu.port();
-            for _ in 0..n {
-                // Walk and fill the IOTLB and walk cache, outside the count.
-                port.ats_translate(0x10, 1, VA, FLAGS)
-                    .map_err(|e| format!("{e}"))?;
-                assert_eq!(iommu.cache_sizes().0, 1);
-                assert_eq!(stable_op_command_invalidate(&iommu, &raw), 1);
-                assert_eq!(iommu.cache_sizes().0, 0);
-            }
+            Box::new(move |n| {
+                for _ in 0..n {
+                    // Walk and fill the IOTLB and walk cache, outside the count.
+                    port.ats_translate(0x10, 1, VA, FLAGS).unwrap();
+                    assert_eq!(iommu.cache_sizes().0, 1);
+                    assert_eq!(stable_op_command_invalidate(iommu, &raw), 1);
+                    assert_eq!(iommu.cache_sizes().0, 0);
+                }
+            })
         }
         "dma_4k" | "dma_64k" => {
-            let (iommu, _m) = iommu();
+            let (iommu, _m) = leaked_iommu();
             let mut port = iommu.port();
             let len = if op == "dma_4k" { 4096 } else { 65536 };
             let mut buf = vec![0u8; len];
-            for _ in 0..WARM {
-                port.dma_read(0x10, 1, VA, FLAGS, &mut buf)
-                    .map_err(|e| format!("{e}"))?;
-            }
+            port.dma_read(0x10, 1, VA, FLAGS, &mut buf)
+                .map_err(|e| format!("{e}"))?;
             let f = if len == 4096 {
                 stable_op_dma_4k
             } else {
                 stable_op_dma_64k
             };
-            for _ in 0..n {
-                assert_eq!(f(&mut port, &mut buf), (len / 4096) as u32);
-            }
+            Box::new(move |n| {
+                for _ in 0..n {
+                    assert_eq!(f(&mut port, &mut buf), (len / 4096) as u32);
+                }
+            })
         }
         "memcpy_4k" => {
-            let (_iommu, m) = iommu();
+            let (_iommu, m) = leaked_iommu();
             let src = m.get_host_address(GuestAddress(PA)).unwrap();
             let mut buf = vec![0u8; 4096];
-            for _ in 0..n {
-                stable_op_memcpy_4k(src, &mut buf);
-            }
+            Box::new(move |n| {
+                for _ in 0..n {
+                    stable_op_memcpy_4k(src, &mut buf);
+                }
+            })
         }
         _ => return Err(format!("unknown operation '{op}' (--list lists them)")),
+    })
+}
+
+/// `--time`: nanoseconds per operation, for ratios in one run on a loaded
+/// machine. The operations take turns in bursts of about 100 µs; the
+/// minimum over the bursts is the figure least disturbed by other jobs.
+fn time(ops: &[&str], rounds: usize) -> Result<(), String> {
+    use std::time::Instant;
+    let mut runners = Vec::new();
+    for op in ops {
+        let mut r = setup(op)?;
+        r(64);
+        // Calibrate a burst of about 100 µs.
+        let mut burst = 16u64;
+        loop {
+            let t0 = Instant::now();
+            r(burst);
+            if t0.elapsed().as_micros() >= 100 || burst >= 1 << 24 {
+                break;
+            }
+            burst *= 2;
+        }
+        runners.push((op, r, burst, Vec::with_capacity(rounds)));
+    }
+    for _ in 0..rounds {
+        for (_, r, burst, samples) in runners.iter_mut() {
+            let t0 = Instant::now();
+            r(*burst);
+            samples.push(t0.elapsed().as_nanos() as f64 / *burst as f64);
+        }
+    }
+    println!("{:<20} {:>10} {:>10}", "operation", "min ns", "median ns");
+    for (op, _, _, mut samples) in runners {
+        samples.sort_by(f64::total_cmp);
+        println!(
+            "{op:<20} {:>10.2} {:>10.2}",
+            samples[0],
+            samples[samples.len() / 2]
+        );
     }
     Ok(())
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
+    let r = match args.as_slice() {
         [l] if l == "--list" => {
             for (name, what) in OPS {
                 println!("{name}\t{what}");
             }
+            Ok(())
         }
-        [op, n] => {
-            let n: u64 = n.parse().unwrap_or_else(|_| {
-                eprintln!("bench_stable: N must be a number, not '{n}'");
-                std::process::exit(2)
-            });
-            if let Err(e) = run(op, n) {
-                eprintln!("bench_stable: {e}");
-                std::process::exit(1);
-            }
+        [t, rest @ ..] if t == "--time" => {
+            let ops: Vec<&str> = if rest.is_empty() {
+                OPS.iter().map(|(n, _)| *n).collect()
+            } else {
+                rest.iter().map(String::as_str).collect()
+            };
+            time(&ops, 400)
         }
-        _ => {
-            eprintln!("usage: bench_stable OP N | bench_stable --list");
-            std::process::exit(2);
-        }
+        [op, n] => match n.parse::<u64>() {
+            Ok(n) => setup(op).map(|mut r| r(n)),
+            Err(_) => Err(format!("N must be a number, not '{n}'")),
+        },
+        _ => Err("usage: bench_stable OP N | --list | --time [OP...]".into()),
+    };
+    if let Err(e) = r {
+        eprintln!("bench_stable: {e}");
+        std::process::exit(1);
     }
 }
