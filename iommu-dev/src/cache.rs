@@ -265,7 +265,13 @@ impl Pwc {
     }
 
     /// Cache the upper-level entries of a completed walk.
-    pub fn insert_walk(&mut self, tag: Tag, va: u64, start_perms: Perms, uppers: &[Upper]) {
+    pub fn insert_walk(
+        &mut self,
+        tag: Tag,
+        va: u64,
+        start_perms: Perms,
+        uppers: impl IntoIterator<Item = Upper>,
+    ) {
         let mut perms = start_perms;
         for u in uppers {
             perms = Perms {
@@ -274,7 +280,7 @@ impl Pwc {
                 nx: perms.nx || u.value & crate::walker::PTE_NX != 0,
             };
             let e = PwcEntry {
-                entry: *u,
+                entry: u,
                 next_table: u.value & TABLE_ADDR,
                 perms,
             };
@@ -512,7 +518,7 @@ mod tests {
                 value: 0x4000 | PTE_P | PTE_US,
             },
         ];
-        p.insert_walk(T1, va, Perms::ALL, &uppers);
+        p.insert_walk(T1, va, Perms::ALL, uppers);
         let s = p.lookup(T1, va, 4).unwrap();
         assert_eq!((s.level, s.table), (1, 0x4000));
         assert!(!s.perms.write, "RW=0 at level 2 is carried");
@@ -523,7 +529,7 @@ mod tests {
         // A 4 KiB PDE=1 invalidation removes every level covering it.
         assert_eq!(p.invalidate(T1, &SRange::decode(va, false)), 3);
         assert!(p.lookup(T1, va, 4).is_none());
-        p.insert_walk(T1, va, Perms::ALL, &uppers);
+        p.insert_walk(T1, va, Perms::ALL, uppers);
         // A range elsewhere under the same 512 GiB only removes the level-4 entry.
         assert_eq!(
             p.invalidate(T1, &SRange::decode(0x7f40_0000_0000, false)),

@@ -105,31 +105,86 @@ pub fn write(mem: &Mem, gpa: u64, data: &[u8]) -> Result<(), MemError> {
 }
 
 /// Guest RAM as 64-bit atomic words, remembering the last region used: the
-/// walker's view of page tables (one region lookup per walk, not per entry).
+/// walker's view of page tables (one region lookup per walk, not per entry,
+/// and none while the tables stay in that region).
 #[derive(Debug)]
 pub struct Words<'a> {
     mem: &'a Mem,
+    win: Window<'a>,
+}
+
+/// One region of guest RAM as words: what [`Words`] caches, small enough
+/// for a walk to keep in registers.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    /// GPA and length in bytes of the region (empty: `len` 0); `base` is
+    /// 8-byte aligned and `len` a multiple of 8.
     base: u64,
-    words: &'a [AtomicU64],
+    len: u64,
+    /// Host address of GPA 0 if the region extended down to it: a word's
+    /// host address is `host0 + gpa`, one addition on the walker's chain
+    /// of dependent loads. Only dereferenced for a GPA inside the region.
+    host0: *const u8,
+    _region: std::marker::PhantomData<&'a [AtomicU64]>,
+}
+
+// SAFETY: a `Window` stands for the `&'a [AtomicU64]` of its region, which
+// stays mapped for 'a whichever thread holds it and is only read and written
+// through atomics; that slice reference is Send and Sync.
+unsafe impl Send for Window<'_> {}
+// SAFETY: as for Send.
+unsafe impl Sync for Window<'_> {}
+
+impl<'a> Window<'a> {
+    const EMPTY: Window<'a> = Window {
+        base: 0,
+        len: 0,
+        host0: std::ptr::null(),
+        _region: std::marker::PhantomData,
+    };
+
+    /// The word at the 8-byte-aligned `gpa` when it lies in this region.
+    #[inline(always)]
+    pub fn get(&self, gpa: u64) -> Option<&'a AtomicU64> {
+        let off = gpa.wrapping_sub(self.base);
+        if gpa % 8 == 0 && off < self.len {
+            let p = self.host0.wrapping_add(gpa as usize);
+            // SAFETY: an aligned `off < len` is a whole word inside the
+            // region, whose host mapping (from `host0 + base`, `len` bytes,
+            // 8-byte aligned) stays valid for 'a. `AtomicU64` has the
+            // layout of `u64`, and other threads and the guest may change
+            // the word at any time, which atomics permit.
+            return Some(unsafe { &*(p as *const AtomicU64) });
+        }
+        None
+    }
 }
 
 impl<'a> Words<'a> {
     pub fn new(mem: &'a Mem) -> Self {
         Words {
             mem,
-            base: 0,
-            words: &[],
+            win: Window::EMPTY,
         }
     }
 
     /// The word at the 8-byte-aligned `gpa`.
     #[inline]
     pub fn get(&mut self, gpa: u64) -> Result<&'a AtomicU64, MemError> {
-        let off = gpa.wrapping_sub(self.base);
-        if gpa % 8 == 0 && off / 8 < self.words.len() as u64 {
-            return Ok(&self.words[(off / 8) as usize]);
+        match self.win.get(gpa) {
+            Some(w) => Ok(w),
+            None => self.refill(gpa),
         }
-        self.refill(gpa)
+    }
+
+    /// The cached region; when nothing is cached yet, the one holding
+    /// `gpa` (if any: the window may be empty).
+    #[inline]
+    pub fn window_or_fill(&mut self, gpa: u64) -> Window<'a> {
+        if self.win.len == 0 {
+            let _ = self.refill(gpa);
+        }
+        self.win
     }
 
     #[cold]
@@ -142,18 +197,19 @@ impl<'a> Words<'a> {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|_| err)?;
-        if host as usize % std::mem::align_of::<AtomicU64>() != 0 {
+        let base = region.start_addr().0;
+        if host as usize % std::mem::align_of::<AtomicU64>() != 0 || base % 8 != 0 {
             return Err(err);
         }
-        let n = (region.len() / 8) as usize;
-        // SAFETY: `host` is the start of a region of `region.len()` bytes that
-        // stays mapped as long as `self.mem` is borrowed ('a); it is 8-byte
-        // aligned (checked above) and `AtomicU64` has the size and layout of
-        // `u64`. Other threads and the guest may change the words at any
-        // time, which atomics permit.
-        self.words = unsafe { std::slice::from_raw_parts(host as *const AtomicU64, n) };
-        self.base = region.start_addr().0;
-        Ok(&self.words[((gpa - self.base) / 8) as usize])
+        // `host` maps `region.len()` bytes from `base` for as long as
+        // `self.mem` is borrowed ('a).
+        self.win = Window {
+            base,
+            len: region.len() & !7,
+            host0: (host as *const u8).wrapping_sub(base as usize),
+            _region: std::marker::PhantomData,
+        };
+        self.win.get(gpa).ok_or(err)
     }
 
     #[inline]
