@@ -5,7 +5,7 @@ CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
 .PHONY: all build test test-rust lint fmt bench clean sim deps kernels kernels-clear run shadow test-vm \
-	test-negative vm-bins script-bin test-scripts-vm matrix matrix-stress fuzz-smoke soak
+	test-negative vm-bins script-bin test-scripts-vm matrix matrix-stress fuzz-smoke soak bench-stable
 
 all: build
 
@@ -30,10 +30,20 @@ SIM_SCRIPTS ?= $(sort $(wildcard sim/scripts/*.amdvi))
 sim:
 	$(CARGO) run --release -q -p amdvi-sim -- $(SIM_SCRIPTS)
 
-test: lint test-rust sim fuzz-smoke test-vm test-negative test-scripts-vm matrix shadow mutants
+test: lint test-rust bench-stable sim fuzz-smoke test-vm test-negative test-scripts-vm matrix shadow mutants
 
 bench:
 	$(CARGO) bench -p iommu-dev
+
+# Instructions per operation (callgrind) of the model's hot paths: a walk,
+# IOTLB and ATC hits, invalidations, 4 KiB and 64 KiB DMA
+# (iommu-dev/examples/bench_stable.rs), against the counts checked in as
+# iommu-dev/benches/stable-counts.toml. Fails when one grows by more than
+# 10%. UPDATE=1 rewrites the counts after a deliberate change: commit them
+# with it. Needs valgrind.
+bench-stable:
+	$(CARGO) build --release -p iommu-dev --example bench_stable
+	python3 scripts/bench-stable.py --bin $(TARGET_DIR)/release/examples/bench_stable $(if $(UPDATE),--update)
 
 # Every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each (FUZZ_RUNS stops a
 # target earlier after that many executions), from its seed corpus into

@@ -17,7 +17,8 @@
 #   scripts/deps.sh --plot          also matplotlib for the soak's plot
 #                                   (make soak, scripts/soak-plot.py); on
 #                                   another distribution only a note
-# python3 runs the fault and mutant matrices (make matrix, make mutants).
+# python3 runs the fault and mutant matrices (make matrix, make mutants);
+# valgrind (callgrind) counts instructions for make bench-stable.
 set -euo pipefail
 
 KERNEL_BUILD=0
@@ -32,7 +33,7 @@ done
 
 QEMU_MIN_MAJOR=10
 QEMU_MIN_MINOR=0
-BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring python3)
+BASE_PKGS=(busybox-static cpio build-essential kmod debian-archive-keyring python3 valgrind)
 KERNEL_PKGS=(flex bison bc libelf-dev ccache xz-utils)
 PLOT_PKGS=(python3-matplotlib)
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)

@@ -7,7 +7,7 @@ use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rustc_hash::FxHashMap;
 
-use crate::cache::{remove_range, BoundedMap, SIZES};
+use crate::cache::{remove_range, BoundedMap, Key, Tag, SIZES};
 use crate::srange::SRange;
 
 /// An ATS translation completion entry (§8.2).
@@ -93,11 +93,24 @@ impl AtcEntry {
     }
 }
 
+/// The ATC's key: (PASID, range size, page number).
+#[inline]
+fn key(pasid: u32, size_log2: u8, pn: u64) -> Key {
+    Key::new(
+        Tag {
+            domain_id: 0,
+            pasid,
+        },
+        size_log2,
+        pn,
+    )
+}
+
 /// The device's address translation cache: bounded, FIFO replacement,
 /// keyed by (PASID, range size, page number).
 #[derive(Debug)]
 pub struct Atc {
-    map: BoundedMap<(u32, u8, u64), AtcEntry>,
+    map: BoundedMap<Key, AtcEntry>,
 }
 
 impl Atc {
@@ -115,10 +128,11 @@ impl Atc {
         self.map.is_empty()
     }
 
+    #[inline]
     pub fn lookup(&self, pasid: u32, va: u64) -> Option<AtcEntry> {
         SIZES
             .iter()
-            .find_map(|&s| self.map.get(&(pasid, s, va >> s)).copied())
+            .find_map(|&s| self.map.get(&key(pasid, s, va >> s)).copied())
     }
 
     /// Store a successful completion. Completions larger than 1 GiB are
@@ -144,7 +158,7 @@ impl Atc {
             va_base: va & !((1u64 << s) - 1),
             completion,
         };
-        self.map.insert((pasid, s, va >> s), e);
+        self.map.insert(key(pasid, s, va >> s), e);
     }
 
     /// An ATS Invalidate Request: `pasid` None invalidates every PASID's
@@ -157,13 +171,13 @@ impl Atc {
                     &mut self.map,
                     range,
                     s,
-                    |pn| (p, s, pn),
-                    |k| (k.0 == p && k.1 == s).then_some(k.2),
+                    |pn| key(p, s, pn),
+                    |k| (k.tag().pasid == p && k.sub() == s).then_some(k.pn()),
                 ),
                 None => {
                     let (first, last) = (range.base >> s, range.last() >> s);
                     self.map
-                        .retain(|k, _| !(k.1 == s && (first..=last).contains(&k.2)))
+                        .retain(|k, _| !(k.sub() == s && (first..=last).contains(&k.pn())))
                 }
             })
             .sum()

@@ -39,6 +39,7 @@ impl<K: Copy + Eq + Hash, V> BoundedMap<K, V> {
         self.map.is_empty()
     }
 
+    #[inline]
     pub fn get(&self, k: &K) -> Option<&V> {
         self.map.get(k).map(|(v, _)| v)
     }
@@ -114,6 +115,41 @@ pub struct Tag {
     pub pasid: u32,
 }
 
+/// A cache key in two words, so that a lookup hashes and compares two
+/// fields, not four: domain ID (bits 63:48), page size or level (47:40) and
+/// PASID (31:0), then the page number (or VA prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    hi: u64,
+    pn: u64,
+}
+
+impl Key {
+    #[inline]
+    pub fn new(tag: Tag, sub: u8, pn: u64) -> Key {
+        Key {
+            hi: u64::from(tag.domain_id) << 48 | u64::from(sub) << 40 | u64::from(tag.pasid),
+            pn,
+        }
+    }
+
+    pub fn tag(&self) -> Tag {
+        Tag {
+            domain_id: (self.hi >> 48) as u16,
+            pasid: self.hi as u32,
+        }
+    }
+
+    /// The page size (IOTLB, ATC) or level (walk cache).
+    pub fn sub(&self) -> u8 {
+        (self.hi >> 40) as u8
+    }
+
+    pub fn pn(&self) -> u64 {
+        self.pn
+    }
+}
+
 /// A cached leaf translation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TlbEntry {
@@ -142,7 +178,7 @@ pub const SIZES: [u8; 3] = [12, 21, 30];
 /// IOTLB: leaf translations keyed by (tag, page size, page number).
 #[derive(Debug)]
 pub struct Iotlb {
-    map: BoundedMap<(Tag, u8, u64), TlbEntry>,
+    map: BoundedMap<Key, TlbEntry>,
 }
 
 impl Iotlb {
@@ -160,21 +196,22 @@ impl Iotlb {
         self.map.is_empty()
     }
 
+    #[inline]
     pub fn lookup(&self, tag: Tag, va: u64) -> Option<TlbEntry> {
         SIZES
             .iter()
-            .find_map(|&s| self.map.get(&(tag, s, va >> s)).copied())
+            .find_map(|&s| self.map.get(&Key::new(tag, s, va >> s)).copied())
     }
 
     pub fn insert(&mut self, tag: Tag, e: TlbEntry) {
         self.map
-            .insert((tag, e.size_log2, e.va_base >> e.size_log2), e);
+            .insert(Key::new(tag, e.size_log2, e.va_base >> e.size_log2), e);
     }
 
     /// INVALIDATE_IOMMU_PAGES for guest translations of (DomainID, PASID).
     pub fn invalidate(&mut self, tag: Tag, range: &SRange) -> usize {
         if range.is_everything() {
-            return self.map.retain(|k, _| k.0 != tag);
+            return self.map.retain(|k, _| k.tag() != tag);
         }
         SIZES
             .iter()
@@ -183,8 +220,8 @@ impl Iotlb {
                     &mut self.map,
                     range,
                     s,
-                    |pn| (tag, s, pn),
-                    |k| (k.0 == tag && k.1 == s).then_some(k.2),
+                    |pn| Key::new(tag, s, pn),
+                    |k| (k.tag() == tag && k.sub() == s).then_some(k.pn()),
                 )
             })
             .sum()
@@ -192,7 +229,7 @@ impl Iotlb {
 
     /// Every entry of a domain (any PASID).
     pub fn invalidate_domain(&mut self, domain_id: u16) -> usize {
-        self.map.retain(|k, _| k.0.domain_id != domain_id)
+        self.map.retain(|k, _| k.tag().domain_id != domain_id)
     }
 
     pub fn clear(&mut self) {
@@ -205,11 +242,11 @@ impl Iotlb {
         self.map
             .iter()
             .filter(|(k, e)| {
-                k.0.pasid == pasid
+                k.tag().pasid == pasid
                     && e.va_base <= range_last
                     && va <= e.va_base + ((1u64 << e.size_log2) - 1)
             })
-            .map(|(k, e)| (k.0, *e))
+            .map(|(k, e)| (k.tag(), *e))
             .collect()
     }
 }
@@ -226,7 +263,7 @@ pub struct PwcEntry {
 /// Page-walk cache keyed by (tag, level of the cached entry, VA prefix).
 #[derive(Debug)]
 pub struct Pwc {
-    map: BoundedMap<(Tag, u8, u64), PwcEntry>,
+    map: BoundedMap<Key, PwcEntry>,
 }
 
 /// VA bits covered by one entry at `level` (PDE: 21, PDPTE: 30, ...).
@@ -255,7 +292,7 @@ impl Pwc {
     pub fn lookup(&self, tag: Tag, va: u64, levels: u8) -> Option<Start> {
         (2..=levels).find_map(|level| {
             self.map
-                .get(&(tag, level, va >> covers_log2(level)))
+                .get(&Key::new(tag, level, va >> covers_log2(level)))
                 .map(|e| Start {
                     level: level - 1,
                     table: e.next_table,
@@ -265,7 +302,13 @@ impl Pwc {
     }
 
     /// Cache the upper-level entries of a completed walk.
-    pub fn insert_walk(&mut self, tag: Tag, va: u64, start_perms: Perms, uppers: &[Upper]) {
+    pub fn insert_walk(
+        &mut self,
+        tag: Tag,
+        va: u64,
+        start_perms: Perms,
+        uppers: impl IntoIterator<Item = Upper>,
+    ) {
         let mut perms = start_perms;
         for u in uppers {
             perms = Perms {
@@ -274,19 +317,19 @@ impl Pwc {
                 nx: perms.nx || u.value & crate::walker::PTE_NX != 0,
             };
             let e = PwcEntry {
-                entry: *u,
+                entry: u,
                 next_table: u.value & TABLE_ADDR,
                 perms,
             };
             self.map
-                .insert((tag, u.level, va >> covers_log2(u.level)), e);
+                .insert(Key::new(tag, u.level, va >> covers_log2(u.level)), e);
         }
     }
 
     /// PDE=1 invalidation of entries whose VA span overlaps `range`.
     pub fn invalidate(&mut self, tag: Tag, range: &SRange) -> usize {
         if range.is_everything() {
-            return self.map.retain(|k, _| k.0 != tag);
+            return self.map.retain(|k, _| k.tag() != tag);
         }
         (2..=5u8)
             .map(|l| {
@@ -295,15 +338,15 @@ impl Pwc {
                     &mut self.map,
                     range,
                     shift,
-                    |p| (tag, l, p),
-                    |k| (k.0 == tag && k.1 == l).then_some(k.2),
+                    |p| Key::new(tag, l, p),
+                    |k| (k.tag() == tag && k.sub() == l).then_some(k.pn()),
                 )
             })
             .sum()
     }
 
     pub fn invalidate_domain(&mut self, domain_id: u16) -> usize {
-        self.map.retain(|k, _| k.0.domain_id != domain_id)
+        self.map.retain(|k, _| k.tag().domain_id != domain_id)
     }
 
     pub fn clear(&mut self) {
@@ -315,11 +358,11 @@ impl Pwc {
         let r_last = va.saturating_add(len.max(1) - 1);
         self.map
             .iter()
-            .filter(|((t, _, _), _)| t.pasid == pasid)
-            .filter_map(|((t, level, prefix), e)| {
-                let base = prefix << covers_log2(*level);
-                let last = base.saturating_add((1u64 << covers_log2(*level)) - 1);
-                (base <= r_last && va <= last).then_some((*t, base, *e))
+            .filter(|(k, _)| k.tag().pasid == pasid)
+            .filter_map(|(k, e)| {
+                let base = k.pn() << covers_log2(k.sub());
+                let last = base.saturating_add((1u64 << covers_log2(k.sub())) - 1);
+                (base <= r_last && va <= last).then_some((k.tag(), base, *e))
             })
             .collect()
     }
@@ -512,7 +555,7 @@ mod tests {
                 value: 0x4000 | PTE_P | PTE_US,
             },
         ];
-        p.insert_walk(T1, va, Perms::ALL, &uppers);
+        p.insert_walk(T1, va, Perms::ALL, uppers);
         let s = p.lookup(T1, va, 4).unwrap();
         assert_eq!((s.level, s.table), (1, 0x4000));
         assert!(!s.perms.write, "RW=0 at level 2 is carried");
@@ -523,7 +566,7 @@ mod tests {
         // A 4 KiB PDE=1 invalidation removes every level covering it.
         assert_eq!(p.invalidate(T1, &SRange::decode(va, false)), 3);
         assert!(p.lookup(T1, va, 4).is_none());
-        p.insert_walk(T1, va, Perms::ALL, &uppers);
+        p.insert_walk(T1, va, Perms::ALL, uppers);
         // A range elsewhere under the same 512 GiB only removes the level-4 entry.
         assert_eq!(
             p.invalidate(T1, &SRange::decode(0x7f40_0000_0000, false)),

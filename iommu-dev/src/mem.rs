@@ -104,32 +104,182 @@ pub fn write(mem: &Mem, gpa: u64, data: &[u8]) -> Result<(), MemError> {
     Ok(())
 }
 
+/// Guest RAM for a device's DMA copies: the memory map, held so that its
+/// regions stay mapped, and the last region a copy used as a host address
+/// range, valid for as long as this memory map (one memory-map generation):
+/// a copy into it costs a bounds check, not a region lookup. Derefs to the
+/// memory map for everything else.
+#[derive(Debug)]
+pub struct Ram {
+    mem: std::sync::Arc<Mem>,
+    last: std::cell::Cell<HostRegion>,
+}
+
+/// A region of `Ram::mem` as GPA, length and host address (empty: len 0).
+#[derive(Debug, Clone, Copy)]
+struct HostRegion {
+    base: u64,
+    len: u64,
+    host: *mut u8,
+}
+
+// SAFETY: `last` only ever points into a region of `mem`, which the Arc
+// keeps mapped wherever the `Ram` goes; moving it to another thread moves
+// the Arc with it. (`Ram` is not Sync: the Cell is per thread.)
+unsafe impl Send for Ram {}
+
+impl std::ops::Deref for Ram {
+    type Target = Mem;
+    fn deref(&self) -> &Mem {
+        &self.mem
+    }
+}
+
+impl Ram {
+    pub fn new(mem: std::sync::Arc<Mem>) -> Ram {
+        Ram {
+            mem,
+            last: std::cell::Cell::new(HostRegion {
+                base: 0,
+                len: 0,
+                host: std::ptr::null_mut(),
+            }),
+        }
+    }
+
+    /// Host address of `[gpa, gpa + len)` when it lies in one region.
+    #[inline]
+    fn host(&self, gpa: u64, len: usize) -> Option<*mut u8> {
+        let r = self.last.get();
+        let off = gpa.wrapping_sub(r.base);
+        if off < r.len && len as u64 <= r.len - off {
+            return Some(r.host.wrapping_add(off as usize));
+        }
+        self.refill(gpa, len)
+    }
+
+    #[cold]
+    fn refill(&self, gpa: u64, len: usize) -> Option<*mut u8> {
+        let region = self.mem.find_region(GuestAddress(gpa))?;
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .ok()?;
+        let r = HostRegion {
+            base: region.start_addr().0,
+            len: region.len(),
+            host,
+        };
+        self.last.set(r);
+        let off = gpa - r.base;
+        (len as u64 <= r.len - off).then(|| host.wrapping_add(off as usize))
+    }
+
+    /// As [`read`].
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        match self.host(gpa, buf.len()) {
+            // SAFETY: `host` checked that the `buf.len()` bytes at `src` lie
+            // inside one region of `self.mem`, mapped while `self` holds it;
+            // `buf` is host memory of the caller and cannot overlap it.
+            // Concurrent guest writes are the DMA race hardware has too.
+            Some(src) => unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), buf.len()) },
+            None => return read(&self.mem, gpa, buf),
+        }
+        Ok(())
+    }
+
+    /// As [`write`].
+    pub fn write(&self, gpa: u64, data: &[u8]) -> Result<(), MemError> {
+        match self.host(gpa, data.len()) {
+            // SAFETY: as in `read`: the destination lies inside one region of
+            // `self.mem` and does not overlap the caller's `data`.
+            Some(dst) => unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) },
+            None => return write(&self.mem, gpa, data),
+        }
+        Ok(())
+    }
+}
+
 /// Guest RAM as 64-bit atomic words, remembering the last region used: the
-/// walker's view of page tables (one region lookup per walk, not per entry).
+/// walker's view of page tables (one region lookup per walk, not per entry,
+/// and none while the tables stay in that region).
 #[derive(Debug)]
 pub struct Words<'a> {
     mem: &'a Mem,
+    win: Window<'a>,
+}
+
+/// One region of guest RAM as words: what [`Words`] caches, small enough
+/// for a walk to keep in registers.
+#[derive(Debug, Clone, Copy)]
+pub struct Window<'a> {
+    /// GPA and length in bytes of the region (empty: `len` 0); `base` is
+    /// 8-byte aligned and `len` a multiple of 8.
     base: u64,
-    words: &'a [AtomicU64],
+    len: u64,
+    /// Host address of GPA 0 if the region extended down to it: a word's
+    /// host address is `host0 + gpa`, one addition on the walker's chain
+    /// of dependent loads. Only dereferenced for a GPA inside the region.
+    host0: *const u8,
+    _region: std::marker::PhantomData<&'a [AtomicU64]>,
+}
+
+// SAFETY: a `Window` stands for the `&'a [AtomicU64]` of its region, which
+// stays mapped for 'a whichever thread holds it and is only read and written
+// through atomics; that slice reference is Send and Sync.
+unsafe impl Send for Window<'_> {}
+// SAFETY: as for Send.
+unsafe impl Sync for Window<'_> {}
+
+impl<'a> Window<'a> {
+    const EMPTY: Window<'a> = Window {
+        base: 0,
+        len: 0,
+        host0: std::ptr::null(),
+        _region: std::marker::PhantomData,
+    };
+
+    /// The word at the 8-byte-aligned `gpa` when it lies in this region.
+    #[inline(always)]
+    pub fn get(&self, gpa: u64) -> Option<&'a AtomicU64> {
+        let off = gpa.wrapping_sub(self.base);
+        if gpa % 8 == 0 && off < self.len {
+            let p = self.host0.wrapping_add(gpa as usize);
+            // SAFETY: an aligned `off < len` is a whole word inside the
+            // region, whose host mapping (from `host0 + base`, `len` bytes,
+            // 8-byte aligned) stays valid for 'a. `AtomicU64` has the
+            // layout of `u64`, and other threads and the guest may change
+            // the word at any time, which atomics permit.
+            return Some(unsafe { &*(p as *const AtomicU64) });
+        }
+        None
+    }
 }
 
 impl<'a> Words<'a> {
     pub fn new(mem: &'a Mem) -> Self {
         Words {
             mem,
-            base: 0,
-            words: &[],
+            win: Window::EMPTY,
         }
     }
 
     /// The word at the 8-byte-aligned `gpa`.
     #[inline]
     pub fn get(&mut self, gpa: u64) -> Result<&'a AtomicU64, MemError> {
-        let off = gpa.wrapping_sub(self.base);
-        if gpa % 8 == 0 && off / 8 < self.words.len() as u64 {
-            return Ok(&self.words[(off / 8) as usize]);
+        match self.win.get(gpa) {
+            Some(w) => Ok(w),
+            None => self.refill(gpa),
         }
-        self.refill(gpa)
+    }
+
+    /// The cached region; when nothing is cached yet, the one holding
+    /// `gpa` (if any: the window may be empty).
+    #[inline]
+    pub fn window_or_fill(&mut self, gpa: u64) -> Window<'a> {
+        if self.win.len == 0 {
+            let _ = self.refill(gpa);
+        }
+        self.win
     }
 
     #[cold]
@@ -142,18 +292,19 @@ impl<'a> Words<'a> {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|_| err)?;
-        if host as usize % std::mem::align_of::<AtomicU64>() != 0 {
+        let base = region.start_addr().0;
+        if host as usize % std::mem::align_of::<AtomicU64>() != 0 || base % 8 != 0 {
             return Err(err);
         }
-        let n = (region.len() / 8) as usize;
-        // SAFETY: `host` is the start of a region of `region.len()` bytes that
-        // stays mapped as long as `self.mem` is borrowed ('a); it is 8-byte
-        // aligned (checked above) and `AtomicU64` has the size and layout of
-        // `u64`. Other threads and the guest may change the words at any
-        // time, which atomics permit.
-        self.words = unsafe { std::slice::from_raw_parts(host as *const AtomicU64, n) };
-        self.base = region.start_addr().0;
-        Ok(&self.words[((gpa - self.base) / 8) as usize])
+        // `host` maps `region.len()` bytes from `base` for as long as
+        // `self.mem` is borrowed ('a).
+        self.win = Window {
+            base,
+            len: region.len() & !7,
+            host0: (host as *const u8).wrapping_sub(base as usize),
+            _region: std::marker::PhantomData,
+        };
+        self.win.get(gpa).ok_or(err)
     }
 
     #[inline]
@@ -237,6 +388,35 @@ mod tests {
         assert_eq!(b, [7; 8]);
         assert!(read(&mem, 0x1_fffc, &mut b).is_err());
         assert!(write(&mem, u64::MAX - 2, &b).is_err());
+    }
+
+    /// A `Ram` copies through the region it used last and moves to another
+    /// one as needed; a copy across regions or outside RAM takes the
+    /// checked path, as `read` and `write` do.
+    #[test]
+    fn ram_caches_a_region() {
+        let mem = Mem::from_ranges(&[
+            (GuestAddress(0), 0x1_0000),
+            (GuestAddress(0x2_0000), 0x1_0000),
+        ])
+        .unwrap();
+        let ram = Ram::new(std::sync::Arc::new(mem.clone()));
+        let mut b = [0u8; 8];
+        for gpa in [0x100u64, 0x2_0100, 0x200, 0x2_fff8] {
+            ram.write(gpa, &gpa.to_le_bytes()).unwrap();
+            ram.read(gpa, &mut b).unwrap();
+            assert_eq!(u64::from_le_bytes(b), gpa);
+            assert_eq!(load_u64(&mem, gpa).unwrap(), gpa);
+        }
+        assert!(
+            ram.read(0xfffc, &mut b).is_err(),
+            "runs past the region into a hole"
+        );
+        assert!(ram.read(0x1_8000, &mut b).is_err(), "in the hole");
+        assert!(ram.write(0x2_fffc, &b).is_err(), "past the end of RAM");
+        assert!(ram.read(u64::MAX - 3, &mut b).is_err());
+        ram.read(0xfff8, &mut b).unwrap();
+        assert_eq!(b, [0; 8]);
     }
 
     #[test]

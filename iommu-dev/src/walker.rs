@@ -3,6 +3,8 @@
 //! Accessed and Dirty bits with locked compare-exchange (§3.4) and restarts
 //! when an entry changed under it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::mem::{self, Mem};
 
 pub const PTE_P: u64 = 1 << 0;
@@ -91,15 +93,19 @@ pub struct Translation {
     pub va_base: u64,
     /// Physical base of the leaf page.
     pub pa_base: u64,
+    pub leaf_gpa: u64,
+    pub leaf: u64,
+    /// The table the walk started from (CR3, or a walk-cache hit).
+    pub start_table: u64,
+    /// Values of the upper-level entries used, from the top down
+    /// (`[..nuppers]`; the rest 0). [`Translation::uppers`] adds their
+    /// levels and addresses.
+    pub upper_values: [u64; 4],
     /// 12, 21 or 30.
     pub size_log2: u8,
     pub perms: Perms,
     /// The leaf's D bit once the walk is done.
     pub dirty: bool,
-    pub leaf_gpa: u64,
-    pub leaf: u64,
-    /// Upper-level entries from the top down; `uppers[..nuppers]` are valid.
-    pub uppers: [Upper; 4],
     pub nuppers: u8,
 }
 
@@ -108,8 +114,24 @@ impl Translation {
         self.pa_base | (va & ((1u64 << self.size_log2) - 1))
     }
 
-    pub fn uppers(&self) -> &[Upper] {
-        &self.uppers[..self.nuppers as usize]
+    /// Level of the leaf: 1, 2 or 3.
+    pub fn leaf_level(&self) -> u8 {
+        (self.size_log2 - 12) / 9 + 1
+    }
+
+    /// The upper-level entries used, from the top down: each entry's
+    /// address follows from the table above it and the input address.
+    pub fn uppers(&self) -> impl Iterator<Item = Upper> + '_ {
+        let top = self.leaf_level() + self.nuppers;
+        let mut table = self.start_table;
+        self.upper_values[..usize::from(self.nuppers)]
+            .iter()
+            .zip((0..top).rev().map(|l| l + 1))
+            .map(move |(&value, level)| {
+                let gpa = table + 8 * index(self.va_base, level);
+                table = value & ADDR_MASK;
+                Upper { level, gpa, value }
+            })
     }
 }
 
@@ -205,7 +227,16 @@ pub fn walk_from(
 }
 
 /// The walk itself, on a memory view that may stay warm across walks.
-#[inline]
+///
+/// A fast path handles the common case, every entry present and free of
+/// reserved bits, A already set on the upper levels and the request
+/// allowed, with the levels unrolled and the checks of one entry folded
+/// into one test. Anything else (a fault, an upper entry without A, a
+/// failed compare-exchange, a table outside the cached region) goes to
+/// the general walk, which starts over and decides; both follow
+/// docs/amd-iommu.md §3.2-§3.4 and give the same result for the same
+/// entries (the tests and the walker fuzz target compare them).
+#[inline(always)]
 pub fn walk_words(
     words: &mut mem::Words<'_>,
     start: Start,
@@ -217,11 +248,208 @@ pub fn walk_words(
     if !canonical(va, levels) {
         return Err(WalkFault::NonCanonical);
     }
-    let mut restarts = 0;
+    match fast(words, start, va, req, ad) {
+        Ok(t) => Ok(t),
+        Err(restarts) => walk_general(words, start, va, req, ad, restarts),
+    }
+}
+
+/// The general walk alone, without the fast path: for the tests and the
+/// walker fuzz target, which compare the two.
+pub fn walk_words_general(
+    words: &mut mem::Words<'_>,
+    start: Start,
+    levels: u8,
+    va: u64,
+    req: Request,
+    ad: AdUpdate,
+) -> Result<Translation, WalkFault> {
+    if !canonical(va, levels) {
+        return Err(WalkFault::NonCanonical);
+    }
+    walk_general(words, start, va, req, ad, 0)
+}
+
+/// The fast path's answer when it cannot finish: take the general walk,
+/// `restarts` compare-exchanges having failed so far.
+type Slow = u32;
+
+/// One entry on the fast path: its word, GPA and value.
+#[inline(always)]
+fn fast_read<'a>(
+    win: &mem::Window<'a>,
+    table: u64,
+    va: u64,
+    level: u8,
+) -> Result<(&'a AtomicU64, u64, u64), Slow> {
+    let gpa = table + 8 * index(va, level);
+    let word = win.get(gpa).ok_or(0u32)?;
+    Ok((word, gpa, word.load(Ordering::Acquire)))
+}
+
+#[inline(always)]
+fn fast(
+    words: &mut mem::Words<'_>,
+    start: Start,
+    va: u64,
+    req: Request,
+    ad: AdUpdate,
+) -> Result<Translation, Slow> {
+    if start.table & 0xfff != 0 {
+        return Err(0);
+    }
+    // The cached region, kept in registers: a table outside it takes the
+    // general walk, which moves the cache there.
+    let win = words.window_or_fill(start.table);
+    // A table entry must have P (and A when the walk updates) set, no
+    // reserved PA bit and PS clear (reserved in a PML5E/PML4E, a leaf in a
+    // PDPTE/PDE): one masked compare.
+    let need = match ad {
+        AdUpdate::Update(_) => PTE_P | PTE_A,
+        AdUpdate::ReadOnly => PTE_P,
+    };
+    let table_mask = need | RESERVED_PA | PTE_PS;
+    // The upper entries' values from the top; their addresses and the
+    // permissions are worked out at the leaf.
+    let mut up = [0u64; 4];
+    let mut table = start.table;
+    // The levels unrolled, one sequence per top level, so that shifts,
+    // masks and the upper entries' slots are constants.
+    macro_rules! table {
+        ($level:literal, $slot:literal) => {{
+            let (_, _, e) = fast_read(&win, table, va, $level)?;
+            if e & table_mask != need {
+                return Err(0);
+            }
+            up[$slot] = e;
+            table = e & ADDR_MASK;
+        }};
+    }
+    macro_rules! table_or_leaf {
+        ($level:literal, $slot:literal) => {{
+            let (word, gpa, e) = fast_read(&win, table, va, $level)?;
+            if e & PTE_PS != 0 {
+                return fast_leaf(word, &up, $slot, $level, gpa, e, start, va, req, ad);
+            }
+            if e & table_mask != need {
+                return Err(0);
+            }
+            up[$slot] = e;
+            table = e & ADDR_MASK;
+        }};
+    }
+    macro_rules! leaf {
+        ($slot:literal) => {{
+            let (word, gpa, e) = fast_read(&win, table, va, 1)?;
+            fast_leaf(word, &up, $slot, 1, gpa, e, start, va, req, ad)
+        }};
+    }
+    // The usual starts first: from the top, or a walk-cache hit on a PDE.
+    match start.level {
+        4 => {
+            table!(4, 0);
+            table_or_leaf!(3, 1);
+            table_or_leaf!(2, 2);
+            leaf!(3)
+        }
+        1 => leaf!(0),
+        5 => {
+            table!(5, 0);
+            table!(4, 1);
+            table_or_leaf!(3, 2);
+            table_or_leaf!(2, 3);
+            leaf!(4)
+        }
+        3 => {
+            table_or_leaf!(3, 0);
+            table_or_leaf!(2, 1);
+            leaf!(2)
+        }
+        2 => {
+            table_or_leaf!(2, 0);
+            leaf!(1)
+        }
+        _ => Err(0),
+    }
+}
+
+/// The leaf on the fast path: checks, permissions, the A/D update, and the
+/// translation with the upper entries (`up[..nuppers]`, the rest 0).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn fast_leaf(
+    word: &AtomicU64,
+    up: &[u64; 4],
+    nuppers: usize,
+    level: u8,
+    gpa: u64,
+    e: u64,
+    start: Start,
+    va: u64,
+    req: Request,
+    ad: AdUpdate,
+) -> Result<Translation, Slow> {
+    if (!e & PTE_P) | reserved_bits(e, level) != 0 {
+        return Err(0);
+    }
+    let uppers = &up[..nuppers];
+    // R/W and U/S ANDed over the levels, NX ORed.
+    let (and, or) = uppers.iter().fold((e, e), |(a, o), v| (a & v, o | v));
+    let perms = Perms {
+        write: start.perms.write && and & PTE_RW != 0,
+        user: start.perms.user && and & PTE_US != 0,
+        nx: start.perms.nx || or & PTE_NX != 0,
+    };
+    if !perms.allow(&req) {
+        return Err(0);
+    }
+    let mut leaf = e;
+    if let AdUpdate::Update(dirty) = ad {
+        let want_d = match dirty {
+            Dirty::Never => false,
+            Dirty::OnWrite => req.write,
+            Dirty::IfWritable => perms.write,
+        };
+        let new = e | PTE_A | if want_d { PTE_D } else { 0 };
+        if new != e {
+            match word.compare_exchange(e, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => leaf = new,
+                // The entry changed: the general walk starts over.
+                Err(_) => return Err(1),
+            }
+        }
+    }
+    let size_log2 = 12 + 9 * (level - 1);
+    let page_mask = !((1u64 << size_log2) - 1);
+    Ok(Translation {
+        va_base: va & page_mask,
+        pa_base: e & ADDR_MASK & page_mask,
+        leaf_gpa: gpa,
+        leaf,
+        start_table: start.table,
+        upper_values: *up,
+        size_log2,
+        perms,
+        dirty: leaf & PTE_D != 0,
+        nuppers: nuppers as u8,
+    })
+}
+
+/// The general walk: every case, restarting when an entry changed under
+/// its compare-exchange.
+#[inline(never)]
+fn walk_general(
+    words: &mut mem::Words<'_>,
+    start: Start,
+    va: u64,
+    req: Request,
+    ad: AdUpdate,
+    mut restarts: u32,
+) -> Result<Translation, WalkFault> {
     'restart: loop {
         let mut table = start.table;
         let mut perms = start.perms;
-        let mut uppers = [Upper::default(); 4];
+        let mut upper_values = [0u64; 4];
         let mut nuppers = 0u8;
         let mut level = start.level;
         loop {
@@ -255,14 +483,10 @@ pub fn walk_words(
                         continue 'restart;
                     }
                 }
-                uppers[nuppers as usize] = Upper {
-                    level,
-                    gpa,
-                    value: e | if matches!(ad, AdUpdate::Update(_)) {
-                        PTE_A
-                    } else {
-                        0
-                    },
+                upper_values[nuppers as usize] = e | if matches!(ad, AdUpdate::Update(_)) {
+                    PTE_A
+                } else {
+                    0
                 };
                 nuppers += 1;
                 table = e & ADDR_MASK;
@@ -303,12 +527,13 @@ pub fn walk_words(
             return Ok(Translation {
                 va_base: va & page_mask,
                 pa_base: e & ADDR_MASK & page_mask,
+                leaf_gpa: gpa,
+                leaf: leaf_val,
+                start_table: start.table,
+                upper_values,
                 size_log2,
                 perms,
                 dirty: leaf_val & PTE_D != 0,
-                leaf_gpa: gpa,
-                leaf: leaf_val,
-                uppers,
                 nuppers,
             });
         }
@@ -598,6 +823,94 @@ mod tests {
             mem::cmpxchg_u64(&mem, leaf, 0, 1).unwrap(),
             Err(e & !(PTE_A | PTE_D))
         );
+    }
+
+    /// The fast path itself finishes the common walks (every page size,
+    /// every starting level, every A/D mode once A is set above the leaf),
+    /// with the general walk's result, and gives up on the rest.
+    #[test]
+    fn fast_path_takes_hot_walks() {
+        let mem = mem::anon(0x400_0000);
+        for levels in [4u8, 5] {
+            let mut t = Tables::new(&mem, levels, 0x10_0000 * u64::from(levels));
+            let vas = [
+                (0x7f12_3456_7000u64, 1u8),
+                (0x7f00_0020_0000, 2),
+                (0x40_0000_0000, 3),
+            ];
+            for (va, leaf) in vas {
+                t.map(va, 0x4000_0000 >> (3 - leaf), leaf, USER_RW, DIR);
+                // A general walk sets A above the leaf.
+                walk(&mem, t.cr3, levels, va, RD, UPD).unwrap();
+                for from in leaf..=levels {
+                    let table = if from == levels {
+                        t.cr3
+                    } else {
+                        t.get(va, from + 1) & ADDR_MASK
+                    };
+                    let start = Start {
+                        level: from,
+                        table,
+                        perms: Perms::ALL,
+                    };
+                    for ad in [
+                        AdUpdate::ReadOnly,
+                        AdUpdate::Update(Dirty::Never),
+                        UPD,
+                        AdUpdate::Update(Dirty::IfWritable),
+                    ] {
+                        let mut w = mem::Words::new(&mem);
+                        let f = fast(&mut w, start, va, WR, ad);
+                        let g = walk_words_general(&mut w, start, levels, va, WR, ad);
+                        assert_eq!(f.ok(), g.ok(), "levels {levels} leaf {leaf} from {from}");
+                        assert_eq!(
+                            f.unwrap().uppers().count(),
+                            usize::from(from - leaf),
+                            "levels {levels} leaf {leaf} from {from}"
+                        );
+                    }
+                }
+                // Faults and A=0 above the leaf take the general walk.
+                let gpa = t.entry_gpa(va, leaf + 1);
+                let e = mem::load_u64(&mem, gpa).unwrap();
+                let top = Start {
+                    level: levels,
+                    table: t.cr3,
+                    perms: Perms::ALL,
+                };
+                let mut w = mem::Words::new(&mem);
+                mem::store_u64(&mem, gpa, e & !PTE_A).unwrap();
+                assert_eq!(fast(&mut w, top, va, RD, UPD).err(), Some(0));
+                assert!(fast(&mut w, top, va, RD, AdUpdate::ReadOnly).is_ok());
+                mem::store_u64(&mem, gpa, e & !PTE_RW).unwrap();
+                assert_eq!(fast(&mut w, top, va, WR, UPD).err(), Some(0));
+                mem::store_u64(&mem, gpa, e | 1 << 50).unwrap();
+                assert_eq!(fast(&mut w, top, va, RD, UPD).err(), Some(0));
+                mem::store_u64(&mem, gpa, e).unwrap();
+            }
+        }
+    }
+
+    /// The uppers of a translation: levels from the top down, the address
+    /// of each entry in the table above it, the values the walk read.
+    #[test]
+    fn uppers_levels_and_addresses() {
+        let mem = mem::anon(0x100_0000);
+        let va = 0x7f12_3456_7000u64;
+        let mut t = Tables::new(&mem, 5, 0x10_0000);
+        t.map(va, 0x8000, 1, USER_RW, DIR);
+        let w = walk(&mem, t.cr3, 5, va, RD, UPD).unwrap();
+        let got: Vec<Upper> = w.uppers().collect();
+        let want: Vec<Upper> = (2..=5u8)
+            .rev()
+            .map(|level| Upper {
+                level,
+                gpa: t.entry_gpa(va, level),
+                value: t.get(va, level),
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!((w.leaf_gpa, w.leaf), (t.entry_gpa(va, 1), t.get(va, 1)));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::ats::{AtsCompletion, PRG_INVALID, PRG_SUCCESS};
 use crate::cache::Tag;
 use crate::event::{self, flag, Event, PprEntry};
 use crate::fault::{apply_delay, FaultAction, FaultPoint};
-use crate::mem::{self, Mem};
+use crate::mem::{Mem, Ram};
 use crate::oracle::Source;
 use crate::regs::control;
 use crate::srange::SRange;
@@ -162,7 +162,12 @@ impl Iommu {
     ) -> Result<AccessReport, AccessError> {
         let mut tally = Tally::default();
         let a = Access::new(devid, pasid, va, flags);
-        let r = self.dma(&self.memory(), &a, Buf::Read(buf), &mut tally);
+        let r = self.dma(
+            &Ram::new(self.memory().into_inner()),
+            &a,
+            Buf::Read(buf),
+            &mut tally,
+        );
         tally.flush(self);
         r
     }
@@ -178,14 +183,19 @@ impl Iommu {
     ) -> Result<AccessReport, AccessError> {
         let mut tally = Tally::default();
         let a = Access::new(devid, pasid, va, flags);
-        let r = self.dma(&self.memory(), &a, Buf::Write(data), &mut tally);
+        let r = self.dma(
+            &Ram::new(self.memory().into_inner()),
+            &a,
+            Buf::Write(data),
+            &mut tally,
+        );
         tally.flush(self);
         r
     }
 
     pub(super) fn dma(
         &self,
-        mem: &Mem,
+        mem: &Ram,
         a: &Access,
         mut buf: Buf<'_>,
         tally: &mut Tally,
@@ -227,7 +237,7 @@ impl Iommu {
 
     fn access_page(
         &self,
-        mem: &Mem,
+        mem: &Ram,
         ep: &Endpoint,
         a: &Access,
         buf: &mut Buf<'_>,
@@ -294,7 +304,7 @@ impl Iommu {
     /// The translated access itself, with the oracle's check while it is in flight.
     fn move_data(
         &self,
-        mem: &Mem,
+        mem: &Ram,
         a: &Access,
         pa: u64,
         source: Source,
@@ -302,8 +312,8 @@ impl Iommu {
     ) -> Result<(), AccessError> {
         let write = buf.is_write();
         match buf {
-            Buf::Read(b) => mem::read(mem, pa, b)?,
-            Buf::Write(d) => mem::write(mem, pa, d)?,
+            Buf::Read(b) => mem.read(pa, b)?,
+            Buf::Write(d) => mem.write(pa, d)?,
         }
         if self.oracle.enabled() {
             self.oracle_check(mem, a, write, pa, source);
@@ -313,7 +323,7 @@ impl Iommu {
 
     fn untranslated_access(
         &self,
-        mem: &Mem,
+        mem: &Ram,
         a: &Access,
         buf: &mut Buf<'_>,
         rep: &mut AccessReport,

@@ -2,13 +2,12 @@
 //! ATC hit/miss tally added to the shared counters in batches.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use super::access::{Access, Buf};
 use super::types::{AccessError, AccessFlags, AccessReport};
 use super::Iommu;
 use crate::ats::AtsCompletion;
-use crate::mem::Mem;
+use crate::mem::Ram;
 
 impl Iommu {
     /// A device's own path to the IOMMU and memory, for a thread that makes
@@ -17,7 +16,7 @@ impl Iommu {
         Port {
             iommu: self,
             gen: self.mem_gen.load(Ordering::Acquire),
-            mem: self.memory().into_inner(),
+            mem: Ram::new(self.memory().into_inner()),
             tally: Tally::default(),
         }
     }
@@ -65,7 +64,7 @@ impl Tally {
 pub struct Port<'a> {
     iommu: &'a Iommu,
     gen: u64,
-    mem: Arc<Mem>,
+    mem: Ram,
     tally: Tally,
 }
 
@@ -79,7 +78,7 @@ impl Port<'_> {
     fn refresh(&mut self) {
         let gen = self.iommu.mem_gen.load(Ordering::Acquire);
         if gen != self.gen {
-            self.mem = self.iommu.memory().into_inner();
+            self.mem = Ram::new(self.iommu.memory().into_inner());
             self.gen = gen;
         }
     }
