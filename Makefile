@@ -41,7 +41,7 @@ bench:
 # iommu-dev/benches/stable-counts.toml. Fails when one grows by more than
 # 10%. UPDATE=1 rewrites the counts after a deliberate change: commit them
 # with it. Needs valgrind.
-bench-stable:
+bench-stable: deps
 	$(CARGO) build --release -p iommu-dev --example bench_stable
 	python3 scripts/bench-stable.py --bin $(TARGET_DIR)/release/examples/bench_stable $(if $(UPDATE),--update)
 
