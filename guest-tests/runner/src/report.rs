@@ -201,8 +201,14 @@ pub fn table(results: &[TestResult], host_secs: &[f64]) -> String {
             time_of(t, host_secs.get(i).copied()),
         ]);
     }
+    text_table(&header, &rows)
+}
+
+/// A plain-text table: the header, a rule, the rows; the first two columns
+/// (names and results) left-aligned, the numbers right-aligned.
+pub(crate) fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
+    for r in rows {
         for (w, c) in width.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
         }
@@ -213,7 +219,6 @@ pub fn table(results: &[TestResult], host_secs: &[f64]) -> String {
             if i > 0 {
                 s.push_str(" | ");
             }
-            // Names and results left-aligned, numbers right-aligned.
             if i < 2 {
                 s.push_str(&format!("{c:<w$}"));
             } else {
@@ -222,7 +227,8 @@ pub fn table(results: &[TestResult], host_secs: &[f64]) -> String {
         }
         s.trim_end().to_string()
     };
-    let mut out = line(&header.map(str::to_string));
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut out = line(&header);
     out.push('\n');
     out.push_str(
         &width
@@ -232,7 +238,7 @@ pub fn table(results: &[TestResult], host_secs: &[f64]) -> String {
             .join("-+-"),
     );
     out.push('\n');
-    for r in &rows {
+    for r in rows {
         out.push_str(&line(r));
         out.push('\n');
     }

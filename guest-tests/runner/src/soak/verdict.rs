@@ -393,41 +393,7 @@ pub fn table(boots: &[BootRecord]) -> String {
             ),
         ]);
     }
-    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, c) in width.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: &[String]| -> String {
-        let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
-            if i > 0 {
-                s.push_str(" | ");
-            }
-            if i < 2 {
-                s.push_str(&format!("{c:<w$}"));
-            } else {
-                s.push_str(&format!("{c:>w$}"));
-            }
-        }
-        s.trim_end().to_string()
-    };
-    let mut out = line(&header.map(str::to_string));
-    out.push('\n');
-    out.push_str(
-        &width
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .join("-+-"),
-    );
-    out.push('\n');
-    for r in &rows {
-        out.push_str(&line(r));
-        out.push('\n');
-    }
-    out
+    crate::report::text_table(&header, &rows)
 }
 
 #[cfg(test)]
