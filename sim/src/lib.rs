@@ -15,7 +15,7 @@ pub mod report;
 pub mod script;
 
 pub use explore::{explore, explore_with, literal, literal_on, Literal, Outcome};
-pub use machine::{Backend, BackendError, ExecError, Model};
+pub use machine::{Backend, BackendError, DmaResult, ExecError, Model};
 pub use report::{literal_verdict, verdict, Verdict};
 pub use script::{load, parse, parse_fault, Expect, Kind, LoadError, ParseError, Script};
 

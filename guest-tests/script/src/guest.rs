@@ -6,7 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 
 use amdvi_sim::script::Script;
-use amdvi_sim::{Backend, BackendError};
+use amdvi_sim::{Backend, BackendError, DmaResult};
 use iommu_dev::oracle::{Rule, Source};
 use iommu_dev::{AccessError, AtsCompletion, Command, Finding};
 
@@ -363,12 +363,7 @@ impl Backend for Guest {
         }
     }
 
-    fn access(
-        &mut self,
-        dev: usize,
-        va: u64,
-        write: Option<u64>,
-    ) -> Result<(AtsCompletion, u64), AccessError> {
+    fn access(&mut self, dev: usize, va: u64, write: Option<u64>) -> DmaResult {
         self.counts.accesses += 1;
         let mut b = write.unwrap_or(0).to_le_bytes();
         let op = if write.is_some() {

@@ -66,6 +66,10 @@ pub enum BackendError {
 ///
 /// Pages are the script's pages by index; `pa` arguments are physical
 /// addresses of words inside them (`page_pa(page) | offset`).
+/// What [`Backend::access`] returns: the translation used and the value
+/// read or written.
+pub type DmaResult = Result<(AtsCompletion, u64), AccessError>;
+
 pub trait Backend {
     /// Back to the script's initial state: no mappings, every page zero,
     /// empty caches, no findings. An error makes the execution fail.
@@ -97,12 +101,7 @@ pub trait Backend {
     /// write by device `dev`, through its ATC: the translation used and the
     /// value. A backend whose device translates on a miss itself returns
     /// `Fault` for a failed translation and never `AtcMiss`.
-    fn access(
-        &mut self,
-        dev: usize,
-        va: u64,
-        write: Option<u64>,
-    ) -> Result<(AtsCompletion, u64), AccessError>;
+    fn access(&mut self, dev: usize, va: u64, write: Option<u64>) -> DmaResult;
     /// Per-access oracle findings since the last call (and clear them).
     fn oracle(&mut self) -> Vec<Finding>;
     /// Audit every cached translation of `pasid`: the stale ones.
@@ -263,12 +262,7 @@ impl Backend for Model {
             .ats_translate(self.devids[dev], self.pasid, va, dev_flags())
     }
 
-    fn access(
-        &mut self,
-        dev: usize,
-        va: u64,
-        write: Option<u64>,
-    ) -> Result<(AtsCompletion, u64), AccessError> {
+    fn access(&mut self, dev: usize, va: u64, write: Option<u64>) -> DmaResult {
         let devid = self.devids[dev];
         match write {
             Some(v) => self

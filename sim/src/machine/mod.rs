@@ -12,7 +12,7 @@ pub mod backend;
 pub mod exec;
 pub mod program;
 
-pub use backend::{Backend, BackendError, Model};
+pub use backend::{Backend, BackendError, DmaResult, Model};
 pub use exec::{Exec, ExecError, Found, Rec, Writer};
 pub use program::{res, Cmd, CpuStep, Fp, Program};
 

@@ -3,7 +3,7 @@
 use iommu_dev::{AccessError, AtsCompletion, Command, Finding};
 
 use super::{Exec, ExecError};
-use crate::machine::{Backend, BackendError, Model, Program, CPU, IOMMU};
+use crate::machine::{Backend, BackendError, DmaResult, Model, Program, CPU, IOMMU};
 use crate::script::parse;
 
 /// The model, except that every command fails the way a real device's
@@ -50,12 +50,7 @@ impl Backend for FailingCommands {
     fn translate(&mut self, dev: usize, va: u64) -> Result<AtsCompletion, AccessError> {
         self.0.translate(dev, va)
     }
-    fn access(
-        &mut self,
-        dev: usize,
-        va: u64,
-        write: Option<u64>,
-    ) -> Result<(AtsCompletion, u64), AccessError> {
+    fn access(&mut self, dev: usize, va: u64, write: Option<u64>) -> DmaResult {
         self.0.access(dev, va, write)
     }
     fn oracle(&mut self) -> Vec<Finding> {
