@@ -14,13 +14,13 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PROG=fuzz
+. "$ROOT/scripts/common.sh"
 CARGO="${CARGO:-cargo}"
 SECONDS_EACH="${FUZZ_SECONDS:-30}"
 RUNS="${FUZZ_RUNS:-0}"
 OUT="$ROOT/build/fuzz"
 
-log() { printf 'fuzz: %s\n' "$*" >&2; }
-die() { printf 'fuzz: error: %s\n' "$*" >&2; exit 1; }
 
 [[ "$SECONDS_EACH" =~ ^[0-9]+$ ]] || die "FUZZ_SECONDS must be a number of seconds, not '$SECONDS_EACH'"
 [[ "$RUNS" =~ ^[0-9]+$ ]] || die "FUZZ_RUNS must be a number of executions, not '$RUNS'"

@@ -26,7 +26,8 @@
 # unpacked packages).
 set -euo pipefail
 
-CACHE="${AMDVI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amdvi-bench}"
+PROG=kernel-cache
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 KERNELS="$CACHE/kernels"
 APTDIR="$CACHE/apt"
 MIRROR="${AMDVI_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -35,8 +36,6 @@ KEYRING="${AMDVI_DEBIAN_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}
 # Package lists older than this are refreshed (seconds).
 LISTS_MAX_AGE="${AMDVI_LISTS_MAX_AGE:-86400}"
 
-log() { printf 'kernel-cache: %s\n' "$*" >&2; }
-die() { printf 'kernel-cache: error: %s\n' "$*" >&2; exit 1; }
 
 # Debian 12's cloud kernels: the guest kernels the suite is written for.
 series_regex() {

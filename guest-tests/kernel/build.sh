@@ -18,16 +18,14 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
+PROG=kernel
+. "$ROOT/scripts/common.sh"
 FRAGMENT="$HERE/amdvi.config"
-CACHE="${AMDVI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amdvi-bench}"
 SERIES=6.12
 KSRC="${KSRC:-$CACHE/src/linux-$SERIES}"
 KNAME="${KNAME:-base}"
 KOUT="$CACHE/build/$KNAME"
 KJOBS="${KJOBS:-2}"
-
-log() { printf 'kernel: %s\n' "$*" >&2; }
-die() { printf 'kernel: error: %s\n' "$*" >&2; exit 1; }
 
 kmake() {
 	nice -n 10 make -s -C "$KSRC" O="$KOUT" CC="ccache gcc" HOSTCC="ccache gcc" \

@@ -29,7 +29,9 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-CACHE="${AMDVI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/amdvi-bench}"
+PROG=mutants
+DIE_STATUS=2
+. "$ROOT/scripts/common.sh"
 KSRC="${KSRC:-$CACHE/src/linux-6.12}"
 KOUT="$CACHE/build/${KNAME:-base}"
 RUNS="${RUNS:-1}"
@@ -39,8 +41,6 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 read -r -a RUNNER <<<"${AMDVI_RUN:-$TARGET/release/amdvi-run --daemon $TARGET/release/vhost-device-amdvi}"
 APPLIED="$CACHE/mutants/applied"	# the patch currently in the source, if any
 
-log() { printf 'mutants: %s\n' "$*" >&2; }
-die() { printf 'mutants: error: %s\n' "$*" >&2; exit 2; }
 
 header() { sed -n "s/^# $2: *//p" "$1" | head -n 1; }
 
