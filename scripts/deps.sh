@@ -167,6 +167,24 @@ apt_get() {
 	"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTS[@]}" "$@"
 }
 
+# install_missing WHAT [APT-GET OPTION...] -- PACKAGE...: installs those of
+# the packages that are not installed yet, saying WHAT it does.
+install_missing() {
+	local what=$1 opts=() missing=() p
+	shift
+	while [[ $1 != -- ]]; do
+		opts+=("$1")
+		shift
+	done
+	shift
+	for p; do
+		pkg_installed "$p" || missing+=("$p")
+	done
+	((${#missing[@]})) || return 0
+	log "$what: ${missing[*]}"
+	apt_get install "${opts[@]}" "${missing[@]}"
+}
+
 if ! grep -rqs "^[^#]*$BACKPORTS" /etc/apt/sources.list /etc/apt/sources.list.d/; then
 	log "adding $BACKPORTS_FILE"
 	backports_source | "${SUDO[@]}" tee "$BACKPORTS_FILE" >/dev/null
@@ -175,14 +193,7 @@ fi
 log "apt-get update"
 apt_get update
 
-to_install=()
-for p in "${BASE_PKGS[@]}"; do
-	pkg_installed "$p" || to_install+=("$p")
-done
-if ((${#to_install[@]})); then
-	log "installing: ${to_install[*]}"
-	apt_get install "${to_install[@]}"
-fi
+install_missing installing -- "${BASE_PKGS[@]}"
 
 # Debian 13's own QEMU is 10.0; trixie-backports has 11.x, which carries the
 # generic vhost-user test device. Debian 12's is 7.2; bookworm-backports has 10.0.
@@ -195,14 +206,7 @@ fi
 # After QEMU, and from backports where they exist there: the backported QEMU
 # pulls in a newer libelf1, and stable's libelf-dev pins the older one.
 if ((KERNEL_BUILD)); then
-	to_install=()
-	for p in "${KERNEL_PKGS[@]}"; do
-		pkg_installed "$p" || to_install+=("$p")
-	done
-	if ((${#to_install[@]})); then
-		log "installing for the kernel build: ${to_install[*]}"
-		apt_get install -t "$BACKPORTS" "${to_install[@]}"
-	fi
+	install_missing "installing for the kernel build" -t "$BACKPORTS" -- "${KERNEL_PKGS[@]}"
 fi
 if ((PLOT)) && ! plot_ok; then
 	log "installing for the soak's plot: ${PLOT_PKGS[*]}"
