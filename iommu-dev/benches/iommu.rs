@@ -97,10 +97,7 @@ fn hits(c: &mut Criterion) {
 
 fn dma(c: &mut Criterion) {
     let (iommu, m) = iommu();
-    let flags = AccessFlags {
-        no_pri: true,
-        ..Default::default()
-    };
+    let flags = AccessFlags::NO_PRI;
     // A device thread's port: the memory map is looked up once, not per access.
     let mut port = iommu.port();
     for (name, len) in [("dma_4k", 4096usize), ("dma_64k", 65536)] {

@@ -69,17 +69,19 @@ const TIME_ONLY: &[(&str, &str)] = &[(
 
 #[inline(never)]
 fn stable_op_walk_4level(w: &mut mem::Words<'_>, top: Start) -> u64 {
-    let upd = AdUpdate::Update(Dirty::OnWrite);
-    let r = walker::walk_words(w, top, 4, black_box(VA), RD, upd);
-    // The whole translation stays where the walk wrote it (not copied).
-    black_box(&r);
-    r.map_or(0, |t| t.pa_base)
+    walk_from(w, top, 4)
 }
 
 #[inline(never)]
 fn stable_op_walk_5level(w: &mut mem::Words<'_>, top: Start) -> u64 {
+    walk_from(w, top, 5)
+}
+
+/// One walk, inlined into the counted function of its level.
+#[inline(always)]
+fn walk_from(w: &mut mem::Words<'_>, top: Start, levels: u8) -> u64 {
     let upd = AdUpdate::Update(Dirty::OnWrite);
-    let r = walker::walk_words(w, top, 5, black_box(VA), RD, upd);
+    let r = walker::walk_words(w, top, levels, black_box(VA), RD, upd);
     // The whole translation stays where the walk wrote it (not copied).
     black_box(&r);
     r.map_or(0, |t| t.pa_base)
@@ -152,14 +154,7 @@ fn stable_op_dma_64k(port: &mut Port<'_>, buf: &mut [u8]) -> u32 {
         .atc_hits
 }
 
-const FLAGS: AccessFlags = AccessFlags {
-    privileged: false,
-    exec: false,
-    no_write: false,
-    no_pri: true,
-    atc_only: false,
-    untranslated: false,
-};
+const FLAGS: AccessFlags = AccessFlags::NO_PRI;
 
 /// Guest memory with tables for `levels` and a warm walk (A bits set).
 fn walk_setup(levels: u8) -> (&'static Mem, Start) {

@@ -107,6 +107,18 @@ pub struct AccessFlags {
     pub untranslated: bool,
 }
 
+impl AccessFlags {
+    /// A user access through the ATC without PRI: a fault fails it at once.
+    pub const NO_PRI: Self = AccessFlags {
+        privileged: false,
+        exec: false,
+        no_write: false,
+        no_pri: true,
+        atc_only: false,
+        untranslated: false,
+    };
+}
+
 /// What one endpoint DMA did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AccessReport {

@@ -32,14 +32,7 @@ pub const CTL: u64 = control::IOMMU_EN
     | control::GT_EN;
 
 /// A user access without PRI: translated, through the ATC.
-pub const RW: AccessFlags = AccessFlags {
-    privileged: false,
-    exec: false,
-    no_write: false,
-    no_pri: true,
-    atc_only: false,
-    untranslated: false,
-};
+pub const RW: AccessFlags = AccessFlags::NO_PRI;
 
 /// [`RW`] as untranslated DMA (the IOMMU translates it, nothing is cached).
 pub const UN: AccessFlags = AccessFlags {
