@@ -207,35 +207,24 @@ mod tests {
     #[test]
     fn illegal_combinations() {
         let good = Dte::encode_v2(1, 0x1000, 1, true, false);
-        let mut d = good;
-        d.0[0] |= 1 << 3;
-        assert!(matches!(
-            d.decode(true, true),
-            Err(DteError::Reserved { q: 0, .. })
-        ));
-        let mut d = good;
-        d.0[0] |= 3 << 9;
-        assert_eq!(d.decode(true, true), Err(DteError::HostMode(3)));
-        let mut d = good;
-        d.0[0] |= 3 << 56;
-        assert_eq!(d.decode(true, true), Err(DteError::Glx(3)));
+        // (quadword, bits ORed in, the error's kind)
+        type Is = fn(&DteError) -> bool;
+        let cases: [(usize, u64, Is); 6] = [
+            (0, 1 << 3, |e| matches!(e, DteError::Reserved { q: 0, .. })),
+            (0, 3 << 9, |e| *e == DteError::HostMode(3)),
+            (0, 3 << 56, |e| *e == DteError::Glx(3)),
+            (2, 2 << 54, |e| *e == DteError::Gpm(2)),
+            (1, 1 << 42, |e| matches!(e, DteError::Reserved { q: 1, .. })),
+            (3, 1, |e| matches!(e, DteError::Reserved { q: 3, .. })),
+        ];
+        for (q, bits, is) in cases {
+            let mut d = good;
+            d.0[q] |= bits;
+            let r = d.decode(true, true);
+            assert!(r.as_ref().is_err_and(is), "q{q} |= {bits:#x}: {r:?}");
+        }
         let five = Dte::encode_v2(1, 0x1000, 0, true, true);
         assert_eq!(five.decode(false, true), Err(DteError::Gpm(1)));
-        let mut d = good;
-        d.0[2] |= 2 << 54;
-        assert_eq!(d.decode(true, true), Err(DteError::Gpm(2)));
-        let mut d = good;
-        d.0[1] |= 1 << 42;
-        assert!(matches!(
-            d.decode(true, true),
-            Err(DteError::Reserved { q: 1, .. })
-        ));
-        let mut d = good;
-        d.0[3] = 1;
-        assert!(matches!(
-            d.decode(true, true),
-            Err(DteError::Reserved { q: 3, .. })
-        ));
         // V=0 or TV=0: fields are not checked beyond reserved bits.
         let mut d = good;
         d.0[0] &= !2;

@@ -462,21 +462,25 @@ mod tests {
 
     #[test]
     fn validation() {
-        let mut c = cfg();
-        assert!(c.validate().is_ok());
-        c.mem_mib = 511;
-        assert!(c.validate().is_err());
-        c.smp = 1;
-        assert!(c.validate().is_ok());
-        c.mem_mib = 64;
-        assert!(c.validate().is_err());
-        c.mem_mib = 512;
-        c.smp = 0;
-        assert!(c.validate().is_err());
-        c.smp = 3;
-        assert!(c.validate().is_err());
-        c.smp = 4;
-        assert!(c.validate().is_ok());
+        // (vCPUs, MiB, valid): two NUMA nodes need an even split of both.
+        let cases = [
+            (2, 512, true),
+            (2, 511, false),
+            (1, 511, true),
+            (1, 64, false),
+            (0, 512, false),
+            (3, 512, false),
+            (4, 512, true),
+            (65, 512, false),
+        ];
+        for (smp, mem_mib, valid) in cases {
+            let c = QemuConfig {
+                smp,
+                mem_mib,
+                ..cfg()
+            };
+            assert_eq!(c.validate().is_ok(), valid, "--smp {smp} --mem {mem_mib}");
+        }
     }
 
     #[test]

@@ -103,9 +103,7 @@ impl Iommu {
         dirty: Dirty,
         ats: bool,
     ) -> Result<Xlate, TableReadFailed> {
-        let Access {
-            devid, pasid, va, ..
-        } = *a;
+        let (devid, pasid, va) = (a.devid, a.pasid, a.va);
         let rw = if req.write { flag::RW } else { 0 };
         let flags_base =
             flag::GN | if ats { flag::TR } else { 0 } | if req.privileged { 0 } else { flag::US };
