@@ -501,16 +501,8 @@ static int amdvi_probe(struct virtio_device *vdev)
 	}
 	virtio_device_ready(vdev);
 
-	ret = amdvi_evq_fill(ad);
-	if (ret)
-		goto err_queues;
-	ret = amdvi_get_info(ad);
-	if (ret)
-		goto err_queues;
-	ret = amdvi_iommu_init(ad);
-	if (ret)
-		goto err_queues;
-	ret = amdvi_chrdev_register(ad);
+	ret = amdvi_evq_fill(ad) ?: amdvi_get_info(ad) ?:
+	      amdvi_iommu_init(ad) ?: amdvi_chrdev_register(ad);
 	if (ret)
 		goto err_queues;
 	return 0;
