@@ -482,6 +482,7 @@ fn boots(
             passed: v.passed,
             failed: v.failed,
             skipped: v.skipped,
+            skips: verdict::skips(&b.report),
             failing_findings: verdict::failing_findings(&b.report),
             lost_events,
             fds_after: probe.map(|p| p.1),
@@ -500,8 +501,13 @@ fn boots(
         } else {
             String::new()
         };
+        let skips = if rec.skips.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", rec.skips.join(", "))
+        };
         info!(
-            "soak boot {n}: {}: {} passed, {} failed, {} skipped; failing findings {}, lost events {}; daemon fds {}, RSS {}{kept}",
+            "soak boot {n}: {}: {} passed, {} failed, {} skipped{skips}; failing findings {}, lost events {}; daemon fds {}, RSS {}{kept}",
             if failed { "FAILED" } else { "passed" },
             rec.passed,
             rec.failed + rec.problems.len(),

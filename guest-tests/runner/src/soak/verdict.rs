@@ -24,6 +24,8 @@ pub struct BootRecord {
     pub passed: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// The skipped scenarios, `name (reason)`: see [`skips`].
+    pub skips: Vec<String>,
     /// See [`failing_findings`].
     pub failing_findings: u64,
     /// Event and PPR log entries the daemon dropped during this boot; `None`
@@ -66,6 +68,26 @@ impl BootRecord {
             self.problems.len()
         )
     }
+}
+
+/// The top-level tests the guest skipped, each as `name (reason)`, the
+/// reason being the KTAP directive after `SKIP`: a boot's skip count alone
+/// does not say which coverage it lost.
+pub fn skips(report: &Report) -> Vec<String> {
+    report
+        .results
+        .iter()
+        .filter(|t| t.status == Status::Skip)
+        .map(|t| {
+            let why = t.directive.as_deref().unwrap_or("");
+            let why = why.strip_prefix("SKIP").unwrap_or(why).trim();
+            if why.is_empty() {
+                t.name.clone()
+            } else {
+                format!("{} ({why})", t.name)
+            }
+        })
+        .collect()
 }
 
 /// Findings the suite counts against the kernel or the device: every
@@ -417,6 +439,7 @@ mod tests {
             passed: 32,
             failed: 0,
             skipped: 0,
+            skips: Vec::new(),
             failing_findings: 0,
             lost_events: Some(0),
             fds_after: Some(fds),
@@ -438,6 +461,17 @@ mod tests {
             fds,
         })
         .to_vec()
+    }
+
+    #[test]
+    fn skips_name_each_skipped_scenario_with_its_reason() {
+        let r = ktap::parse(
+            "KTAP version 1\n1..3\nok 1 a\nok 2 uffd_move # SKIP UFFDIO_MOVE needs 6.8\nok 3 thp_split # SKIP\n",
+        );
+        assert_eq!(
+            skips(&r),
+            ["uffd_move (UFFDIO_MOVE needs 6.8)", "thp_split"]
+        );
     }
 
     #[test]
