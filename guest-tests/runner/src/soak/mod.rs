@@ -504,7 +504,7 @@ fn boots(
         let skips = if rec.skips.is_empty() {
             String::new()
         } else {
-            format!(" ({})", rec.skips.join(", "))
+            format!(" ({})", rec.skips.join("; "))
         };
         info!(
             "soak boot {n}: {}: {} passed, {} failed, {} skipped{skips}; failing findings {}, lost events {}; daemon fds {}, RSS {}{kept}",

@@ -24,7 +24,7 @@ pub struct BootRecord {
     pub passed: usize,
     pub failed: usize,
     pub skipped: usize,
-    /// The skipped scenarios, `name (reason)`: see [`skips`].
+    /// The skipped scenarios, `name: reason`: see [`skips`].
     pub skips: Vec<String>,
     /// See [`failing_findings`].
     pub failing_findings: u64,
@@ -70,7 +70,7 @@ impl BootRecord {
     }
 }
 
-/// The top-level tests the guest skipped, each as `name (reason)`, the
+/// The top-level tests the guest skipped, each as `name: reason`, the
 /// reason being the KTAP directive after `SKIP`: a boot's skip count alone
 /// does not say which coverage it lost.
 pub fn skips(report: &Report) -> Vec<String> {
@@ -84,7 +84,7 @@ pub fn skips(report: &Report) -> Vec<String> {
             if why.is_empty() {
                 t.name.clone()
             } else {
-                format!("{} ({why})", t.name)
+                format!("{}: {why}", t.name)
             }
         })
         .collect()
@@ -468,10 +468,7 @@ mod tests {
         let r = ktap::parse(
             "KTAP version 1\n1..3\nok 1 a\nok 2 uffd_move # SKIP UFFDIO_MOVE needs 6.8\nok 3 thp_split # SKIP\n",
         );
-        assert_eq!(
-            skips(&r),
-            ["uffd_move (UFFDIO_MOVE needs 6.8)", "thp_split"]
-        );
+        assert_eq!(skips(&r), ["uffd_move: UFFDIO_MOVE needs 6.8", "thp_split"]);
     }
 
     #[test]
