@@ -38,8 +38,8 @@ KERNEL_PKGS=(flex bison bc libelf-dev ccache xz-utils)
 PLOT_PKGS=(python3-matplotlib)
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -y -q --no-install-recommends)
 
-log() { printf 'deps: %s\n' "$*"; }
-die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
+PROG=deps
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 pkg_installed() {
 	[[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]

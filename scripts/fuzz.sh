@@ -21,7 +21,6 @@ SECONDS_EACH="${FUZZ_SECONDS:-30}"
 RUNS="${FUZZ_RUNS:-0}"
 OUT="$ROOT/build/fuzz"
 
-
 [[ "$SECONDS_EACH" =~ ^[0-9]+$ ]] || die "FUZZ_SECONDS must be a number of seconds, not '$SECONDS_EACH'"
 [[ "$RUNS" =~ ^[0-9]+$ ]] || die "FUZZ_RUNS must be a number of executions, not '$RUNS'"
 

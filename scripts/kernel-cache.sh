@@ -36,7 +36,6 @@ KEYRING="${AMDVI_DEBIAN_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}
 # Package lists older than this are refreshed (seconds).
 LISTS_MAX_AGE="${AMDVI_LISTS_MAX_AGE:-86400}"
 
-
 # Debian 12's cloud kernels: the guest kernels the suite is written for.
 series_regex() {
 	case "$1" in

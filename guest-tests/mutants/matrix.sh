@@ -41,7 +41,6 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 read -r -a RUNNER <<<"${AMDVI_RUN:-$TARGET/release/amdvi-run --daemon $TARGET/release/vhost-device-amdvi}"
 APPLIED="$CACHE/mutants/applied"	# the patch currently in the source, if any
 
-
 header() { sed -n "s/^# $2: *//p" "$1" | head -n 1; }
 
 revert() {
