@@ -481,7 +481,6 @@ fn boots(
             qemu_secs: b.qemu_secs,
             passed: v.passed,
             failed: v.failed,
-            skipped: v.skipped,
             skips: verdict::skips(&b.report),
             failing_findings: verdict::failing_findings(&b.report),
             lost_events,
@@ -511,7 +510,7 @@ fn boots(
             if failed { "FAILED" } else { "passed" },
             rec.passed,
             rec.failed + rec.problems.len(),
-            rec.skipped,
+            rec.skipped(),
             rec.failing_findings,
             rec.lost_events
                 .map_or_else(|| "?".to_string(), |l| l.to_string()),
