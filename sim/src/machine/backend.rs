@@ -59,6 +59,10 @@ pub enum BackendError {
     Device(String),
 }
 
+/// What [`Backend::access`] returns: the translation used and the value
+/// read or written.
+pub type DmaResult = Result<(AtsCompletion, u64), AccessError>;
+
 /// What an execution runs on: the iommu-dev model with simulated guest
 /// memory ([`Model`]), or a real device (the guest's `amdvi-script`, which
 /// drives the daemon through `/dev/amdvi`). The judging (data checks,
@@ -66,10 +70,6 @@ pub enum BackendError {
 ///
 /// Pages are the script's pages by index; `pa` arguments are physical
 /// addresses of words inside them (`page_pa(page) | offset`).
-/// What [`Backend::access`] returns: the translation used and the value
-/// read or written.
-pub type DmaResult = Result<(AtsCompletion, u64), AccessError>;
-
 pub trait Backend {
     /// Back to the script's initial state: no mappings, every page zero,
     /// empty caches, no findings. An error makes the execution fail.
