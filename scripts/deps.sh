@@ -117,7 +117,7 @@ if ((${#missing[@]} == 0)); then
 	exit 0
 fi
 
-log "missing: $(printf '%s ' "${missing[@]}" | sort -u | tr '\n' ' ')"
+log "missing: $(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
 
 if [[ "$codename" == other ]]; then
 	cat >&2 <<EOF
